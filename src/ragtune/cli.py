@@ -1,0 +1,257 @@
+"""The `ragtune` command line. Exit codes: 0 success, 1 failure, 2 bad usage or input."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+# Models load from local paths only; keep libraries from reaching for a hub or chattering.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+app = typer.Typer(
+    help="Answer questions over your documents with citations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+eval_app = typer.Typer(help="Measure retrieval and answers on a BEIR-format dataset.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit code 2."""
+
+
+def _settings(**overrides: Any):  # -> Settings; imported lazily to keep --help fast
+    from pydantic import ValidationError
+
+    from ragtune.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        raise UsageError(f"invalid settings: {problems}") from None
+
+
+def _pipeline(settings):  # -> Pipeline
+    from ragtune.rag import Pipeline
+
+    return Pipeline.from_settings(settings)
+
+
+def _print_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
+
+
+@app.callback()
+def _root(
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (same as RAGTUNE_CONFIG).")] = None,
+) -> None:
+    if config is not None:
+        if not config.is_file():
+            raise UsageError(f"--config {config}: no such file")
+        os.environ["RAGTUNE_CONFIG"] = str(config)
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to index.")],
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Tag the documents (repeatable).")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="Index only shard i of N (i/N), for parallel jobs.")] = None,
+    prune: Annotated[bool, typer.Option(help="Remove documents whose files left an ingested folder.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+) -> None:
+    """Index files: unchanged ones are skipped, changed ones replaced, failures recorded."""
+    from ragtune.ingest.pipeline import parse_shard
+
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or directory: {', '.join(missing)}")
+    try:
+        shard_spec = parse_shard(shard) if shard else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with _pipeline(_settings()) as rag:
+        report = rag.ingestor.ingest_paths(paths, tuple(tag or ()), shard_spec, prune)
+        counts = rag.catalog.counts()
+    if as_json:
+        _print_json(asdict(report) | {"catalog": counts})
+    else:
+        for source, error in report.failed:
+            typer.echo(f"failed: {source}: {error}", err=True)
+        typer.echo(f"{report.summary()}; the index holds {counts['indexed']} documents, {counts['chunks']} chunks")
+    if report.failed and not report.indexed and not report.unchanged:
+        raise typer.Exit(1)
+
+
+@app.command()
+def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")]) -> None:
+    """Remove documents and their chunks from the index."""
+    with _pipeline(_settings()) as rag:
+        unknown = [s for s in sources if not rag.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s)]
+    for source in unknown:
+        typer.echo(f"not in the index: {source}", err=True)
+    typer.echo(f"deleted {len(sources) - len(unknown)} document(s)")
+    if unknown:
+        raise typer.Exit(1)
+
+
+@app.command()
+def documents(
+    status: Annotated[Optional[str], typer.Option(help="Only this status: pending, indexed or failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    offset: Annotated[int, typer.Option(min=0)] = 0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List indexed documents with their status and errors."""
+    from ragtune.store.catalog import FAILED, INDEXED, PENDING, Catalog
+
+    if status not in (None, PENDING, INDEXED, FAILED):
+        raise UsageError(f"--status must be pending, indexed or failed; got {status!r}")
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    catalog = Catalog(settings.resolved_catalog_url())
+    rows, total = catalog.list(offset, limit, status)
+    if as_json:
+        _print_json({"total": total, "documents": [asdict(r) for r in rows]})
+        return
+    for r in rows:
+        line = f"{r.status:8} {r.chunks:5} chunks  {r.source}"
+        typer.echo(line + (f"\n         error: {r.error}" if r.error else ""))
+    typer.echo(f"{len(rows)} of {total} document(s)")
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, max=100)] = None,
+    mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid.")] = None,
+    source: Annotated[Optional[list[str]], typer.Option(help="Only these sources (repeatable).")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option(help="Only documents with any of these tags.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Answer, citations and timings as JSON.")] = False,
+) -> None:
+    """Answer a question from the indexed documents, with numbered citations."""
+    from ragtune.rag import QuestionError
+    from ragtune.retrieve.retriever import MODES
+    from ragtune.store.milvus import Filters
+
+    if not question.strip():
+        raise UsageError('the question is empty; ask something, e.g. ragtune ask "How do I install it?"')
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    settings = _settings()
+    filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
+    with _pipeline(settings) as rag:
+        try:
+            answer = rag.ask(question, top_k, mode, filters)  # type: ignore[arg-type]
+        except QuestionError as exc:
+            raise UsageError(str(exc)) from None
+    if as_json:
+        _print_json(
+            {
+                "question": answer.question,
+                "answer": answer.text,
+                "abstained": answer.abstained,
+                "citations": [asdict(c) for c in answer.citations],
+                "retrieved": [{"chunk_id": h.id, "source": h.source, "page": h.page, "score": h.score} for h in answer.hits],
+                "timings_ms": answer.timings_ms,
+            }
+        )
+        return
+    typer.echo(answer.text)
+    if answer.citations:
+        typer.echo("\nSources:")
+        for c in answer.citations:
+            where = f", page {c.page}" if c.page else ""
+            heading = f" — {c.heading}" if c.heading else ""
+            typer.echo(f"  [{c.number}] {c.source}{where}{heading}")
+
+
+def _dataset_dir(path: Path) -> Path:
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)")
+    return path
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder.")],
+    mode: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "hybrid",
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a fixed-seed sample of N queries.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recall@1/5/10, MRR@10 and nDCG@10 against a plain bm25s baseline."""
+    from ragtune.eval.runner import evaluate_retrieval
+    from ragtune.retrieve.retriever import MODES
+
+    if mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    report = evaluate_retrieval(_dataset_dir(dataset_dir), _settings(), mode, limit)  # type: ignore[arg-type]
+    if as_json:
+        _print_json(report)
+        return
+    baseline = report["baseline_bm25s"]
+    for metric in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
+        typer.echo(f"{metric:10} {report[metric]:.4f}   (bm25s {baseline[metric]:.4f})")
+    typer.echo(f"{report['n_queries']} queries, mode {mode}")
+
+
+@eval_app.command("answers")
+def eval_answers(
+    dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder whose queries carry 'answers'.")],
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a fixed-seed sample of N questions.")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """SQuAD exact match and F1, citation support and abstention on unanswerable questions."""
+    from ragtune.eval.runner import evaluate_answers
+    from ragtune.retrieve.retriever import MODES
+
+    if mode is not None and mode not in MODES:
+        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    report = evaluate_answers(_dataset_dir(dataset_dir), _settings(), limit, mode=mode)  # type: ignore[arg-type]
+    if as_json:
+        _print_json(report)
+        return
+    for key, value in report.items():
+        typer.echo(f"{key:18} {value}")
+
+
+def main() -> None:
+    """Entry point: domain errors become one clear line and an exit code, not a traceback."""
+    from ragtune.embed.embedders import EmbeddingError
+    from ragtune.eval.datasets import DatasetError
+    from ragtune.store.catalog import CatalogError
+    from ragtune.store.milvus import StoreError
+
+    try:
+        app()
+    except (UsageError, DatasetError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except (StoreError, CatalogError, EmbeddingError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to continue where it stopped", err=True)
+        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("RAGTUNE_DEBUG"):
+            raise
+        typer.echo(f"error: {type(exc).__name__}: {exc} (set RAGTUNE_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""BEIR-format datasets: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``.
+
+SQuAD-style sets add ``answers`` (a list of strings) to each query and may carry
+``unanswerable.jsonl`` (questions the documents do not answer).
+
+    >>> from ragtune.eval.datasets import load_beir
+    >>> dataset = load_beir("../shared/data/squad-dev")       # doctest: +SKIP
+    >>> len(dataset.corpus), len(dataset.queries)               # doctest: +SKIP
+    (429, 2036)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """The dataset folder is not in BEIR format; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class CorpusDoc:
+    id: str
+    title: str
+    text: str
+
+
+@dataclass
+class BeirDataset:
+    corpus: dict[str, CorpusDoc]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    unanswerable: dict[str, str] = field(default_factory=dict)
+
+
+def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise DatasetError(f"{path}:{number}: missing {', '.join(missing)}")
+            rows.append(row)
+    return rows
+
+
+def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
+    root = Path(directory)
+    corpus_path, queries_path, qrels_path = root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    for path in (corpus_path, queries_path, qrels_path):
+        if not path.is_file():
+            raise DatasetError(f"{root} is not a BEIR dataset: {path.relative_to(root)} is missing")
+    corpus = {str(r["_id"]): CorpusDoc(str(r["_id"]), str(r.get("title", "")), str(r["text"])) for r in _read_jsonl(corpus_path, ("_id", "text"))}
+    query_rows = _read_jsonl(queries_path, ("_id", "text"))
+    qrels: dict[str, dict[str, int]] = {}
+    with qrels_path.open(encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        for number, row in enumerate(reader, start=1):
+            if number == 1 and row and row[0] == "query-id":
+                continue
+            if len(row) < 3:
+                raise DatasetError(f"{qrels_path}:{number}: expected query-id, corpus-id, score")
+            qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    queries = {str(r["_id"]): str(r["text"]) for r in query_rows}
+    answers = {str(r["_id"]): [str(a) for a in r["answers"]] for r in query_rows if r.get("answers")}
+    unanswerable_path = root / "unanswerable.jsonl"
+    unanswerable = (
+        {str(r["_id"]): str(r["text"]) for r in _read_jsonl(unanswerable_path, ("_id", "text"))}
+        if unanswerable_path.is_file()
+        else {}
+    )
+    return BeirDataset(corpus, queries, qrels, answers, unanswerable)

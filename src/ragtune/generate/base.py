@@ -1,0 +1,95 @@
+"""What every answer generator shares: the protocol, the answer types and citation handling.
+
+A generator reads the question and the retrieved chunks (numbered 1…n in rank order) and
+writes an answer that cites them as ``[n]``. `resolve_citations` then keeps only markers
+that name a supplied chunk and renumbers them 1, 2, … in order of first use, so the
+numbers a reader sees always match the citation list.
+
+    >>> from ragtune.generate.base import renumber_citations
+    >>> renumber_citations("Milvus stores vectors [3]. BM25 too [9][3].", n_chunks=4)
+    ('Milvus stores vectors [1]. BM25 too [1].', [3])
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ragtune.store.milvus import Hit
+
+NOT_FOUND = "I could not find the answer in the indexed documents."
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str  # with [n] markers numbering the supplied chunks 1..n
+    abstained: bool = False
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class Generator(Protocol):
+    """Writes an answer to `question` from `hits`, citing them as [1]..[len(hits)]."""
+
+    name: str
+
+    def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+
+
+@dataclass(frozen=True)
+class Citation:
+    number: int
+    chunk_id: str
+    doc_id: str
+    source: str
+    title: str
+    page: int
+    heading: str
+    snippet: str
+    score: float
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str
+    citations: list[Citation]
+    abstained: bool
+    hits: list[Hit]
+    timings_ms: dict[str, float]
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def plain_text(self) -> str:
+        """The answer without citation markers (what answer metrics compare)."""
+        return " ".join(_MARKER.sub("", self.text).split())
+
+
+def renumber_citations(text: str, n_chunks: int) -> tuple[str, list[int]]:
+    """Drop markers outside 1..n_chunks, renumber the rest by first use; returns the
+    new text and, for each new number, the original 1-based chunk number."""
+    order: list[int] = []
+
+    def replace(match: re.Match[str]) -> str:
+        original = int(match.group(1))
+        if not 1 <= original <= n_chunks:
+            return ""
+        if original not in order:
+            order.append(original)
+        return f"[{order.index(original) + 1}]"
+
+    renumbered = _MARKER.sub(replace, text)
+    renumbered = re.sub(r"(\[\d+\])(\1)+", r"\1", renumbered)  # "[1][1]" -> "[1]"
+    renumbered = re.sub(r"[ \t]{2,}", " ", renumbered)
+    return re.sub(r"[ \t]+([.,;:!?])(?=\s|$)", r"\1", renumbered).strip(), order
+
+
+def resolve_citations(generation: Generation, hits: list[Hit]) -> tuple[str, list[Citation]]:
+    text, order = renumber_citations(generation.text, len(hits))
+    citations = []
+    for number, original in enumerate(order, start=1):
+        hit = hits[original - 1]
+        citations.append(
+            Citation(number, hit.id, hit.doc_id, hit.source, hit.title, hit.page, hit.heading, hit.text, hit.score)
+        )
+    return text, citations

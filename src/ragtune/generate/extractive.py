@@ -1,0 +1,156 @@
+"""The default answerer: no LLM, it quotes the sentences of the retrieved chunks that best
+answer the question and cites the chunk each one came from.
+
+Each sentence is scored by how much of the question's rare vocabulary it contains
+(IDF-weighted overlap, IDF taken over the retrieved sentences) and by the embedding
+similarity between it and the question, both read with the preceding sentence as context
+(so "It was founded in 1850." can answer "When was the club founded?" when the sentence
+before names the club); the chunk's retrieval rank breaks near-ties.
+When even the best sentence is not similar enough to the question, it says so instead of
+quoting something unrelated.
+
+    >>> from ragtune.generate.extractive import split_sentences
+    >>> split_sentences("Milvus stores vectors. It was built e.g. for search! Done.")
+    ['Milvus stores vectors.', 'It was built e.g. for search!', 'Done.']
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from ragtune.embed import Embedder
+from ragtune.generate.base import NOT_FOUND, Generation
+from ragtune.store.milvus import Hit
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
+_ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "mr.", "mrs.", "dr.", "prof.", "vs.", "st.", "no.", "fig.", "u.s.", "inc.", "ltd.", "jr.", "sr.", "approx."}
+_WORD = re.compile(r"[A-Za-z0-9]+")
+_STOPWORDS = frozenset(
+    "a an the and or but if of at by for with about against between into through during before after above below to "
+    "from up down in out on off over under again further then once here there when where why how all any both each few "
+    "more most other some such no nor not only own same so than too very can will just should now is are was were be "
+    "been being have has had having do does did doing what which who whom this that these those i me my we our you your "
+    "he him his she her it its they them their am would could also as many much one".split()
+)
+
+
+def split_sentences(text: str) -> list[str]:
+    pieces, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        last_word = text[start : match.start() + 1].rsplit(None, 1)[-1].lower()
+        # "e.g." and single initials ("J. Smith") end with a period but not a sentence.
+        if last_word in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last_word):
+            continue
+        pieces.append(text[start : match.start() + 1].strip())
+        start = match.end()
+    pieces.append(text[start:].strip())
+    return [" ".join(p.split()) for p in pieces if p.strip()]
+
+
+def _stem(word: str) -> str:
+    # A few English suffixes are enough to match "classify"/"classified"/"classifying";
+    # a full stemmer would be a dependency for a tie-breaking signal.
+    for suffix in ("ing", "edly", "ed", "ies", "es", "s", "ly"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return word
+
+
+def content_terms(text: str) -> list[str]:
+    return [_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOPWORDS]
+
+
+# A quote opening with one of these is unreadable without the sentence before it.
+_ANAPHORA = re.compile(r"^(It|Its|This|These|That|Those|They|Their|He|His|She|Her|Such)\b")
+
+
+@dataclass(frozen=True)
+class ScoredSentence:
+    text: str
+    hit_number: int  # 1-based position of its chunk in the retrieved list
+    position: int  # index of the sentence within its chunk
+    context: str  # the preceding sentence of the same chunk, or ""
+    lexical: float
+    semantic: float
+    score: float
+
+
+class ExtractiveAnswerer:
+    """Answers by quoting the best-matching retrieved sentences, each cited.
+
+        answerer = ExtractiveAnswerer(embedder, min_relevance=0.25)
+        generation = answerer.generate("Who maintains Milvus?", hits)
+    """
+
+    name = "extractive"
+
+    def __init__(self, embedder: Embedder | None, min_relevance: float = 0.25, max_sentences: int = 1, semantic_weight: float = 0.5) -> None:
+        if max_sentences <= 0:
+            raise ValueError(f"max_sentences must be greater than 0; got {max_sentences}")
+        if not 0.0 <= semantic_weight <= 1.0:
+            raise ValueError(f"semantic_weight must be within [0, 1]; got {semantic_weight}")
+        self.embedder = embedder
+        self.min_relevance = min_relevance
+        self.max_sentences = max_sentences
+        self.semantic_weight = semantic_weight if embedder is not None else 0.0
+
+    def score_sentences(self, question: str, hits: list[Hit]) -> list[ScoredSentence]:
+        sentences = [
+            (text, number, position)
+            for number, hit in enumerate(hits, start=1)
+            for position, text in enumerate(split_sentences(hit.text))
+        ]
+        if not sentences:
+            return []
+        terms = [set(content_terms(text)) for text, _, _ in sentences]
+        previous = [terms[i - 1] if position else set() for i, (_, _, position) in enumerate(sentences)]
+        document_frequency = Counter(t for ts in terms for t in ts)
+        n = len(sentences)
+
+        def idf(term: str) -> float:
+            return math.log(1 + (n + 1) / (document_frequency.get(term, 0) + 0.5))
+
+        question_terms = set(content_terms(question))
+        question_weight = sum(idf(t) for t in question_terms) or 1.0
+        # Words met only in the preceding sentence count half: context, not the answer itself.
+        lexical = [
+            (sum(idf(t) for t in question_terms & own) + 0.5 * sum(idf(t) for t in (question_terms & before) - own))
+            / question_weight
+            for own, before in zip(terms, previous)
+        ]
+        if self.embedder is not None:
+            with_context = [
+                f"{sentences[i - 1][0]} {text}" if position else text for i, (text, _, position) in enumerate(sentences)
+            ]
+            vectors = self.embedder.embed([question] + with_context)
+            semantic = (vectors[1:] @ vectors[0]).tolist()
+        else:
+            semantic = [0.0] * n
+        scored = []
+        for i, ((text, number, position), lex, sem) in enumerate(zip(sentences, lexical, semantic)):
+            score = (1 - self.semantic_weight) * lex + self.semantic_weight * sem + 0.05 / number
+            context = sentences[i - 1][0] if position else ""
+            scored.append(ScoredSentence(text, number, position, context, lex, float(sem), score))
+        return sorted(scored, key=lambda s: s.score, reverse=True)
+
+    def generate(self, question: str, hits: list[Hit]) -> Generation:
+        scored = self.score_sentences(question, hits)
+        if not scored or self._relevance(scored[0]) < self.min_relevance:
+            return Generation(NOT_FOUND, abstained=True)
+        # Quote in reading order: by chunk rank, then by position within the chunk.
+        chosen = sorted(scored[: self.max_sentences], key=lambda s: (s.hit_number, s.position))
+        return Generation(" ".join(f"{self._quote(s, chosen)} [{s.hit_number}]" for s in chosen))
+
+    @staticmethod
+    def _quote(sentence: ScoredSentence, chosen: list[ScoredSentence]) -> str:
+        context_chosen = any(c.hit_number == sentence.hit_number and c.position == sentence.position - 1 for c in chosen)
+        if sentence.context and not context_chosen and _ANAPHORA.match(sentence.text):
+            return f"{sentence.context} {sentence.text}"
+        return sentence.text
+
+    def _relevance(self, sentence: ScoredSentence) -> float:
+        return sentence.semantic if self.embedder is not None else sentence.lexical
+

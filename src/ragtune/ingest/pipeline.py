@@ -1,0 +1,222 @@
+"""Index files: discover → hash → parse → chunk → embed (batched) → store, recorded in the catalog.
+
+Idempotent by content hash: an unchanged file is skipped, a changed one replaces its chunks,
+a file gone from an ingested folder loses its chunks. Resumable: a document is marked
+``pending`` before its old chunks are deleted and ``indexed`` only after its new chunks are
+stored, so a run killed anywhere leaves ``pending`` documents that the next run re-indexes
+from scratch (delete, then insert) without duplicates.
+
+    >>> from ragtune.ingest.pipeline import parse_shard
+    >>> parse_shard("2/4")
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ragtune.config import Settings
+from ragtune.embed import Embedder
+from ragtune.ingest.chunking import Chunk, chunk_document, document_id
+from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoadedDocument, LoaderError, load_bytes
+from ragtune.store.catalog import INDEXED, Catalog
+from ragtune.store.milvus import MilvusStore
+
+_FLUSH_CHUNKS = 256  # chunks embedded per model call: large enough to keep the model busy
+
+
+@dataclass
+class IngestReport:
+    indexed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    chunks: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.indexed)} indexed ({self.chunks} chunks), {len(self.unchanged)} unchanged, "
+            f"{len(self.failed)} failed, {len(self.removed)} removed"
+        )
+
+
+@dataclass
+class _Prepared:
+    doc_id: str
+    source: str
+    doc: LoadedDocument
+    chunks: list[Chunk]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/N' -> (i, N) with 0 <= i < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 0/4); got {text!r}") from None
+    if count <= 0 or not 0 <= index < count:
+        raise ValueError(f"--shard i/N needs 0 <= i < N; got {text!r}")
+    return index, count
+
+
+def in_shard(relative_path: str, shard: tuple[int, int]) -> bool:
+    """Stable across machines: the hash of the path relative to the ingested root."""
+    digest = hashlib.sha256(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % shard[1] == shard[0]
+
+
+def discover(roots: list[Path], shard: tuple[int, int] | None = None) -> Iterator[Path]:
+    """Explicit files as given, folders walked (hidden entries skipped) for supported types."""
+    for root in roots:
+        if root.is_file():
+            if shard is None or in_shard(root.name, shard):
+                yield root
+            continue
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(files):
+                path = Path(folder) / name
+                if name.startswith(".") or path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                    continue
+                if shard is None or in_shard(path.relative_to(root).as_posix(), shard):
+                    yield path
+
+
+class Ingestor:
+    """Indexes files into the store and records every document in the catalog."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, store: MilvusStore, catalog: Catalog) -> None:
+        self.settings, self.embedder, self.store, self.catalog = settings, embedder, store, catalog
+
+    def ingest_paths(
+        self,
+        paths: list[Path],
+        tags: tuple[str, ...] = (),
+        shard: tuple[int, int] | None = None,
+        prune: bool = True,
+        progress: bool | None = None,
+    ) -> IngestReport:
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
+        roots = [p.resolve() for p in paths]
+        report = IngestReport()
+        files = list(discover(roots, shard))
+        bar = tqdm(total=len(files), unit="file", desc="indexing", file=sys.stderr, disable=None if progress is None else not progress)
+
+        def on_done() -> None:
+            bar.update(1)
+            bar.set_postfix(chunks=report.chunks, failed=len(report.failed), refresh=False)
+
+        self._index(((str(path), path.read_bytes) for path in files), tags, report, on_done)
+        bar.close()
+        if prune:
+            seen = {str(path) for path in files}
+            for root in roots:
+                if root.is_dir():
+                    self._prune(root, shard, seen, report)
+        return report
+
+    def ingest_bytes(self, data: bytes, source: str, tags: tuple[str, ...] = ()) -> IngestReport:
+        """Index one in-memory file (an upload) under the name `source`."""
+        report = IngestReport()
+        self._index([(source, lambda: data)], tags, report)
+        return report
+
+    def ingest_documents(self, docs: Iterable[LoadedDocument], tags: tuple[str, ...] = ()) -> IngestReport:
+        """Index already-parsed documents (dataset records), batched like files."""
+        report = IngestReport()
+        self._index(((doc.source, lambda doc=doc: doc) for doc in docs), tags, report)
+        return report
+
+    def delete(self, source_or_id: str) -> bool:
+        record = self.catalog.find(source_or_id)
+        if record is None:
+            return False
+        self.store.delete_documents([record.id])
+        self.catalog.delete(record.id)
+        return True
+
+    # --- steps ---------------------------------------------------------------------------
+    def _index(
+        self,
+        items: Iterable[tuple[str, Callable[[], bytes | LoadedDocument]]],
+        tags: tuple[str, ...],
+        report: IngestReport,
+        on_done: Callable[[], None] = lambda: None,
+    ) -> None:
+        known = self.catalog.states()
+        batch: list[_Prepared] = []
+        for source, read in items:
+            prepared = self._prepare(source, read, known, tags, report)
+            if prepared is not None:
+                batch.append(prepared)
+                if sum(len(p.chunks) for p in batch) >= _FLUSH_CHUNKS:
+                    self._store(batch, report)
+                    batch = []
+            on_done()
+        self._store(batch, report)
+
+    def _prepare(
+        self,
+        source: str,
+        read: Callable[[], bytes | LoadedDocument],
+        known: dict[str, tuple[str, str]],
+        tags: tuple[str, ...],
+        report: IngestReport,
+    ) -> _Prepared | None:
+        doc_id = document_id(source)
+        size = 0
+        try:
+            payload = read()
+            parsed = payload if isinstance(payload, LoadedDocument) else None
+            data = f"{parsed.title}\n{parsed.text}".encode("utf-8") if parsed else payload
+            size = len(data)
+            if size > self.settings.max_file_bytes:
+                raise LoaderError(
+                    f"{Path(source).name} is {size} bytes, over the limit of {self.settings.max_file_bytes} (RAGTUNE_MAX_FILE_BYTES)"
+                )
+            content_hash = hashlib.sha256(data).hexdigest()
+            if known.get(doc_id) == (content_hash, INDEXED):
+                report.unchanged.append(source)
+                return None
+            doc = parsed or load_bytes(data, source, self.settings.max_uncompressed_bytes)
+            chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, tags)
+        except (LoaderError, OSError) as exc:
+            message = str(exc) if isinstance(exc, LoaderError) else f"cannot read {source}: {exc.strerror or exc}"
+            self.catalog.mark_failed(doc_id, source, message, size)
+            report.failed.append((source, message))
+            return None
+        self.catalog.mark_pending(doc_id, source, content_hash, size, tags)
+        return _Prepared(doc_id, source, doc, chunks)
+
+    def _store(self, batch: list[_Prepared], report: IngestReport) -> None:
+        if not batch:
+            return
+        chunks = [c for p in batch for c in p.chunks]
+        vectors = self.embedder.embed([c.text for c in chunks])
+        self.store.delete_documents(p.doc_id for p in batch)
+        self.store.insert(chunks, vectors)
+        for p in batch:
+            self.catalog.mark_indexed(p.doc_id, len(p.chunks), p.doc.content_type, p.doc.title)
+            report.indexed.append(p.source)
+        report.chunks += len(chunks)
+
+    def _prune(self, root: Path, shard: tuple[int, int] | None, seen: set[str], report: IngestReport) -> None:
+        prefix = str(root).rstrip(os.sep) + os.sep
+        for source, doc_id in self.catalog.sources_under(prefix).items():
+            if source in seen or Path(source).exists():
+                continue
+            if shard is not None and not in_shard(Path(source).relative_to(root).as_posix(), shard):
+                continue
+            self.store.delete_documents([doc_id])
+            self.catalog.delete(doc_id)
+            report.removed.append(source)
+

@@ -1,0 +1,191 @@
+"""The catalog: which documents exist, their content hash, status and error.
+
+SQLite in the data directory by default, PostgreSQL (``postgresql://…``) when several
+processes (API replicas, indexing workers) share one catalog.
+
+    >>> from ragtune.store.catalog import Catalog
+    >>> catalog = Catalog("sqlite://")
+    >>> catalog.mark_pending("d1", "/docs/a.md", "hash-a")
+    >>> catalog.mark_indexed("d1", chunks=3, content_type="text/markdown", title="A")
+    >>> catalog.get("d1").status, catalog.get("d1").chunks
+    ('indexed', 3)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
+
+
+class CatalogError(RuntimeError):
+    """The catalog database cannot be used."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class DocumentRow(_Base):
+    __tablename__ = "documents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(4096), unique=True, index=True)
+    content_hash: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
+    error: Mapped[str] = mapped_column(Text, default="")
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    content_type: Mapped[str] = mapped_column(String(128), default="")
+    title: Mapped[str] = mapped_column(String(1024), default="")
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    tags: Mapped[list] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    id: str
+    source: str
+    content_hash: str
+    status: str
+    error: str
+    chunks: int
+    content_type: str
+    title: str
+    size_bytes: int
+    tags: tuple[str, ...]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: DocumentRow) -> "DocumentRecord":
+        return cls(
+            row.id, row.source, row.content_hash, row.status, row.error, row.chunks, row.content_type,
+            row.title, row.size_bytes, tuple(row.tags or ()), row.created_at, row.updated_at,
+        )
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        cursor = connection.cursor()
+        # WAL lets readers (the API) run while a writer (an ingest) commits; the busy
+        # timeout makes concurrent writers wait instead of failing with "database is locked".
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+class Catalog:
+    def __init__(self, url: str) -> None:
+        try:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        except Exception as exc:  # bad URL or missing driver: say which
+            raise CatalogError(f"cannot open catalog {url!r}: {exc}") from exc
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        try:
+            _Base.metadata.create_all(self.engine)
+        except Exception as exc:
+            raise CatalogError(f"cannot open catalog {url!r}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # --- reads -------------------------------------------------------------------------
+    def get(self, doc_id: str) -> DocumentRecord | None:
+        with self.session() as s:
+            row = s.get(DocumentRow, doc_id)
+            return DocumentRecord.of(row) if row else None
+
+    def find(self, source_or_id: str) -> DocumentRecord | None:
+        with self.session() as s:
+            row = s.get(DocumentRow, source_or_id) or s.scalar(
+                select(DocumentRow).where(DocumentRow.source == source_or_id)
+            )
+            return DocumentRecord.of(row) if row else None
+
+    def states(self) -> dict[str, tuple[str, str]]:
+        """doc_id -> (content_hash, status) for every document; one query for large runs."""
+        with self.session() as s:
+            return {i: (h, st) for i, h, st in s.execute(select(DocumentRow.id, DocumentRow.content_hash, DocumentRow.status))}
+
+    def sources_under(self, prefix: str) -> dict[str, str]:
+        """source -> doc_id for every document whose source starts with `prefix`."""
+        with self.session() as s:
+            rows = s.execute(select(DocumentRow.source, DocumentRow.id).where(DocumentRow.source.startswith(prefix, autoescape=True)))
+            return dict(rows.all())
+
+    def list(self, offset: int = 0, limit: int = 50, status: str | None = None) -> tuple[list[DocumentRecord], int]:
+        with self.session() as s:
+            query = select(DocumentRow)
+            total_query = select(func.count()).select_from(DocumentRow)
+            if status:
+                query = query.where(DocumentRow.status == status)
+                total_query = total_query.where(DocumentRow.status == status)
+            rows = s.scalars(query.order_by(DocumentRow.source).offset(offset).limit(limit)).all()
+            return [DocumentRecord.of(r) for r in rows], int(s.scalar(total_query) or 0)
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(DocumentRow.status, func.count(), func.coalesce(func.sum(DocumentRow.chunks), 0)).group_by(DocumentRow.status)).all()
+        counts = {PENDING: 0, INDEXED: 0, FAILED: 0, "chunks": 0}
+        for status, n, chunks in rows:
+            counts[status] = int(n)
+            counts["chunks"] += int(chunks) if status == INDEXED else 0
+        return counts
+
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
+    # --- writes ------------------------------------------------------------------------
+    def mark_pending(self, doc_id: str, source: str, content_hash: str, size_bytes: int = 0, tags: Iterable[str] = ()) -> None:
+        """Record that `source` at `content_hash` is being indexed (its chunks may be partial)."""
+        with self.session() as s, s.begin():
+            row = s.get(DocumentRow, doc_id) or DocumentRow(id=doc_id, source=source)
+            row.content_hash, row.status, row.error = content_hash, PENDING, ""
+            row.size_bytes, row.tags = size_bytes, list(tags)
+            s.add(row)
+
+    def mark_indexed(self, doc_id: str, chunks: int, content_type: str, title: str) -> None:
+        with self.session() as s, s.begin():
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                raise CatalogError(f"document {doc_id} vanished from the catalog while it was being indexed")
+            row.status, row.error, row.chunks = INDEXED, "", chunks
+            row.content_type, row.title = content_type, title[:1024]
+
+    def mark_failed(self, doc_id: str, source: str, error: str, size_bytes: int = 0) -> None:
+        """Record a failure; a previously indexed version keeps its hash and chunks."""
+        with self.session() as s, s.begin():
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                row = DocumentRow(id=doc_id, source=source, content_hash="", chunks=0, size_bytes=size_bytes, tags=[])
+                s.add(row)
+            elif row.status == INDEXED and row.chunks:
+                error = f"{error} (the previously indexed version is still searchable)"
+            row.status, row.error = FAILED, error[:4000]
+
+    def delete(self, doc_id: str) -> bool:
+        with self.session() as s, s.begin():
+            row = s.get(DocumentRow, doc_id)
+            if row is None:
+                return False
+            s.delete(row)
+            return True
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,50 @@
+"""Shared fixtures: a real embedder (loaded once) and pipelines over temporary stores."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+sys.path.insert(0, str(Path(__file__).parent))
+
+from ragtune.config import Settings  # noqa: E402
+from ragtune.embed import LocalEmbedder  # noqa: E402
+from ragtune.rag import Pipeline  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SQUAD_DEV = REPO.parent / "shared" / "data" / "squad-dev"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> LocalEmbedder:
+    return LocalEmbedder(batch_size=32)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", torch_threads=2)
+
+
+@pytest.fixture
+def pipeline(settings: Settings, embedder: LocalEmbedder) -> Iterator[Pipeline]:
+    with Pipeline.from_settings(settings, embedder=embedder) as rag:
+        yield rag
+
+
+@pytest.fixture
+def sample_dir(tmp_path: Path) -> Path:
+    target = tmp_path / "samples"
+    shutil.copytree(SAMPLES, target)
+    return target

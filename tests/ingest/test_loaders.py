@@ -1,0 +1,72 @@
+import pytest
+
+from builders import docx_bytes, encrypted_pdf_bytes, pdf_bytes, zip_bomb_docx
+from ragtune.ingest.loaders import DOCX, HTML, MARKDOWN, PDF, TEXT, LoaderError, detect_content_type, load_bytes
+
+
+def test_pdf_keeps_page_numbers_and_title():
+    doc = load_bytes(pdf_bytes(["Alpha page text.", "Beta page text."], title="Guide"), "guide.pdf")
+    assert doc.content_type == PDF
+    assert doc.title == "Guide"
+    assert [(s.page, s.text) for s in doc.sections] == [(1, "Alpha page text."), (2, "Beta page text.")]
+
+
+def test_docx_sections_follow_headings():
+    data = docx_bytes([("Normal", "Intro text."), ("Heading 1", "Setup"), ("Normal", "Run make demo."), ("Heading 2", "Details"), ("Normal", "More.")])
+    doc = load_bytes(data, "manual.docx")
+    assert doc.content_type == DOCX
+    assert [(s.heading, s.text) for s in doc.sections] == [("", "Intro text."), ("Setup", "Run make demo."), ("Details", "More.")]
+
+
+def test_markdown_heading_trail_and_no_markup():
+    doc = load_bytes(b"# Guide\nIntro **bold**.\n\n## Install\n- step one\n- step two\n", "guide.md")
+    assert doc.content_type == MARKDOWN
+    assert doc.sections[0].heading == "Guide" and doc.sections[0].text == "Intro bold."
+    assert doc.sections[1].heading == "Guide > Install"
+    assert "step one" in doc.sections[1].text and "**" not in doc.text
+
+
+def test_html_drops_scripts_and_keeps_title():
+    html = b"<!doctype html><html><head><title>Page</title><style>p{}</style></head><body><script>evil()</script><h1>Top</h1><p>Body text.</p></body></html>"
+    doc = load_bytes(html, "page")  # no extension: detected from the content
+    assert doc.content_type == HTML and doc.title == "Page"
+    assert doc.text == "Body text." and "evil" not in doc.text
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "expected"),
+    [
+        (pdf_bytes(["x"]), "report.txt", PDF),  # content wins over a wrong extension
+        (docx_bytes([("Normal", "x")]), "notes.bin", DOCX),
+        (b"<html><body>x</body></html>", "notes.txt", HTML),
+        (b"plain words", "README", TEXT),
+    ],
+)
+def test_type_is_detected_from_content(data, name, expected):
+    assert detect_content_type(data, name) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "name", "message"),
+    [
+        (b"", "empty.txt", "is empty"),
+        (b"   \n\t ", "blank.md", "is empty"),
+        (bytes(range(256)) * 8, "binary.txt", "binary file"),
+        (b"caf\xe9 au lait", "latin1.txt", "not valid UTF-8 (byte 0xe9 at offset 3)"),
+        (b"hello", "fake.pdf", "not a PDF"),
+        (b"PK\x03\x04garbage", "broken.docx", "damaged zip"),
+        (encrypted_pdf_bytes("secret text"), "locked.pdf", "encrypted PDF"),
+        (pdf_bytes(["Some text that is long enough."])[:200], "truncated.pdf", "PDF"),
+        (b"<html><body><script>x()</script></body></html>", "empty.html", "no text"),
+    ],
+)
+def test_hostile_files_raise_clear_errors(data, name, message):
+    with pytest.raises(LoaderError, match=None) as info:
+        load_bytes(data, name)
+    assert message in str(info.value)
+    assert name in str(info.value)
+
+
+def test_zip_bomb_docx_is_refused_before_inflating():
+    with pytest.raises(LoaderError, match="would decompress to"):
+        load_bytes(zip_bomb_docx(10 * 1024 * 1024), "bomb.docx", max_uncompressed_bytes=1024 * 1024)

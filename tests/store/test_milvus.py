@@ -1,0 +1,69 @@
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ragtune.ingest.chunking import Chunk
+from ragtune.store.milvus import Filters, MilvusStore, StoreError, StoreLockedError
+
+
+def _chunk(i: int, text: str, doc: str = "doc", source: str = "/a.md", tags: tuple[str, ...] = ()) -> Chunk:
+    return Chunk(f"{doc}-{i:05d}", doc, i, text, source, "T", 0, "", tags)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = MilvusStore(str(tmp_path / "m.db"), "test", dimension=3)
+    yield s
+    s.close()
+
+
+def test_dense_bm25_filters_and_delete(store):
+    chunks = [
+        _chunk(0, "The runners were running along the river", tags=("sport",)),
+        _chunk(1, "Vector databases store embeddings", doc="other", source="/b.md", tags=("db",)),
+        _chunk(2, "A cat sleeps on the mat"),
+    ]
+    vectors = np.eye(3, dtype=np.float32)
+    store.insert(chunks, vectors)
+    assert store.count() == 3
+    # BM25 uses English stemming: "run" finds "running"/"runners".
+    assert [h.id for h in store.search_bm25(["run"], 3)[0]] == ["doc-00000"]
+    dense = store.search_dense(np.array([[0.0, 0.9, 0.1]], dtype=np.float32), 3)[0]
+    assert dense[0].id == "other-00001" and dense[0].score > dense[1].score
+    assert [h.id for h in store.search_dense(vectors[1:2], 3, Filters(tags=("sport",)))[0]] == ["doc-00000"]
+    assert {h.id for h in store.search_dense(vectors[0:1], 3, Filters(sources=("/b.md",)))[0]} == {"other-00001"}
+    store.delete_documents(["doc"])
+    assert store.count() == 1 and store.chunks("doc") == []
+
+
+def test_filters_escape_quotes():
+    expr = Filters(sources=('/x/"quoted".md',), tags=("a",)).expression()
+    assert expr == 'source in ["/x/\\"quoted\\".md"] and ARRAY_CONTAINS_ANY(tags, ["a"])'
+
+
+def test_second_process_gets_a_clear_lock_message(store, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        from ragtune.store.milvus import MilvusStore, StoreLockedError
+        try:
+            MilvusStore({str(tmp_path / "m.db")!r}, "test", dimension=3)
+        except StoreLockedError as exc:
+            print(exc)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120).stdout
+    assert "in use by pid" in out and "one process per data path" in out
+
+
+def test_dimension_mismatch_is_explained(tmp_path):
+    MilvusStore(str(tmp_path / "m.db"), "test", dimension=3).close()
+    with pytest.raises(StoreError, match="holds 3-d vectors but the embedding model gives 4-d"):
+        MilvusStore(str(tmp_path / "m.db"), "test", dimension=4)
+
+
+def test_same_process_reopen_is_refused_while_open(store, tmp_path):
+    with pytest.raises(StoreLockedError):
+        MilvusStore(str(tmp_path / "m.db"), "test", dimension=3)
