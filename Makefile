@@ -9,7 +9,7 @@ DEMO_QUESTION ?= How does hybrid search merge the dense and BM25 results?
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install system-deps bench clean
 
 install: $(VENV)/.installed
 
@@ -28,7 +28,12 @@ demo: install
 	$(BIN)/ragtune ingest samples/
 	$(BIN)/ragtune ask "$(DEMO_QUESTION)"
 
-test: install
+# System tools some tests need (a browser, PostgreSQL, Prometheus, helm): one script per tool in
+# scripts/system-deps/, each installing what is missing and safe to run again.
+system-deps:
+	@for script in scripts/system-deps/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
+
+test: install system-deps
 	$(BIN)/python -m pytest
 
 bench: install
