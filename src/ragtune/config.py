@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -75,6 +76,12 @@ class Settings(BaseSettings):
     # --- ingestion -------------------------------------------------------------------
     chunk_size: int = Field(1000, gt=0, description="Characters per chunk.")
     chunk_overlap: int = Field(200, ge=0, description="Characters shared by neighbours.")
+    ingest_batch_chunks: int = Field(
+        512,
+        gt=0,
+        description="Chunks embedded per model call. Larger calls pad less (sentence-transformers "
+        "sorts a call by length); a run killed mid-batch re-embeds that batch's documents.",
+    )
     max_file_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_uncompressed_bytes: int = Field(
         200 * 1024 * 1024, gt=0, description="Bound on DOCX decompression (zip bombs)."
@@ -110,6 +117,46 @@ class Settings(BaseSettings):
     )
     answer_sentences: int = Field(1, gt=0, le=10)
     max_question_chars: int = Field(4000, gt=0)
+
+    # --- service ---------------------------------------------------------------------
+    # `ragtune serve` / `ragtune worker` (ragtune.api). Lists read from the environment are
+    # comma-separated (RAGTUNE_API_KEYS=key1,key2), not JSON.
+    host: str = Field("127.0.0.1", description="Address `ragtune serve` listens on.")
+    port: int = Field(8000, ge=1, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted Bearer keys (besides those made by `ragtune keys create`). "
+        "None here and none stored: authentication is off.",
+    )
+    auth_exempt_paths: Annotated[list[str], NoDecode] = Field(
+        # The UI shell and the API docs hold no data (the UI asks for a key when the API
+        # answers 401); a trailing * matches a prefix.
+        default_factory=lambda: ["/health", "/ready", "/metrics", "/", "/ui/*", "/docs*", "/openapi.json"],
+        description="Paths served without a key when authentication is on.",
+    )
+    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key; 0: no limit.")
+    rate_limit_burst: int = Field(60, gt=0, description="Requests a key may make at once before the rate applies.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest file one upload may carry.")
+    max_files_per_request: int = Field(20, gt=0)
+    max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest non-upload request body (JSON).")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed to call the API from a browser; empty: none (closed)."
+    )
+    embedded_worker: bool = Field(
+        True, description="Run ingestion jobs inside `ragtune serve`; false when `ragtune worker` processes do."
+    )
+    job_lease_seconds: float = Field(
+        30.0, gt=0, description="A running job whose worker stops heartbeating for this long is retried by another."
+    )
+    job_poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks for queued jobs.")
+    job_max_attempts: int = Field(3, gt=0, description="Claims of one job before it is marked failed.")
+
+    @field_validator("api_keys", "auth_exempt_paths", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("data_dir")
     @classmethod

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
+
+import numpy as np
 
 from ragtune.embed import Embedder
 from ragtune.generate.base import NOT_FOUND, Generation
@@ -87,7 +89,14 @@ class ExtractiveAnswerer:
 
     name = "extractive"
 
-    def __init__(self, embedder: Embedder | None, min_relevance: float = 0.25, max_sentences: int = 1, semantic_weight: float = 0.5) -> None:
+    def __init__(
+        self,
+        embedder: Embedder | None,
+        min_relevance: float = 0.25,
+        max_sentences: int = 1,
+        semantic_weight: float = 0.5,
+        cache_size: int = 20_000,
+    ) -> None:
         if max_sentences <= 0:
             raise ValueError(f"max_sentences must be greater than 0; got {max_sentences}")
         if not 0.0 <= semantic_weight <= 1.0:
@@ -96,6 +105,21 @@ class ExtractiveAnswerer:
         self.min_relevance = min_relevance
         self.max_sentences = max_sentences
         self.semantic_weight = semantic_weight if embedder is not None else 0.0
+        # The same chunks come back for many questions; their sentence vectors are reused.
+        self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        assert self.embedder is not None
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            for text, vector in zip(missing, self.embedder.embed(missing)):
+                self._vectors[text] = vector
+        for text in texts:
+            self._vectors.move_to_end(text)
+        while len(self._vectors) > self._cache_size:
+            self._vectors.popitem(last=False)
+        return np.stack([self._vectors[t] for t in texts])
 
     def score_sentences(self, question: str, hits: list[Hit]) -> list[ScoredSentence]:
         sentences = [
@@ -125,8 +149,8 @@ class ExtractiveAnswerer:
             with_context = [
                 f"{sentences[i - 1][0]} {text}" if position else text for i, (text, _, position) in enumerate(sentences)
             ]
-            vectors = self.embedder.embed([question] + with_context)
-            semantic = (vectors[1:] @ vectors[0]).tolist()
+            question_vector = self.embedder.embed([question])[0]
+            semantic = (self._embed(with_context) @ question_vector).tolist()
         else:
             semantic = [0.0] * n
         scored = []

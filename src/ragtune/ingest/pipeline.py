@@ -29,8 +29,6 @@ from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoadedDocument, LoaderE
 from ragtune.store.catalog import INDEXED, Catalog
 from ragtune.store.milvus import MilvusStore
 
-_FLUSH_CHUNKS = 256  # chunks embedded per model call: large enough to keep the model busy
-
 
 @dataclass
 class IngestReport:
@@ -158,7 +156,7 @@ class Ingestor:
             prepared = self._prepare(source, read, known, tags, report)
             if prepared is not None:
                 batch.append(prepared)
-                if sum(len(p.chunks) for p in batch) >= _FLUSH_CHUNKS:
+                if sum(len(p.chunks) for p in batch) >= self.settings.ingest_batch_chunks:
                     self._store(batch, report)
                     batch = []
             on_done()

@@ -1,0 +1,85 @@
+"""`ragtune eval` on a slice of squad-dev: exact output contract and quality thresholds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragtune.eval.datasets import DatasetError, load_beir
+from ragtune.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k, squad_exact_match, squad_f1
+from tests.conftest import SQUAD_DEV
+
+ARTICLES = ("rhine-", "kenya-")
+
+
+@pytest.fixture(scope="module")
+def squad_slice(tmp_path_factory) -> Path:
+    """Two articles of squad-dev with their questions, in BEIR format."""
+    if not SQUAD_DEV.is_dir():
+        pytest.skip(f"{SQUAD_DEV} is not present")
+    root = tmp_path_factory.mktemp("squad-slice")
+    corpus = [json.loads(line) for line in (SQUAD_DEV / "corpus.jsonl").open()]
+    kept = {row["_id"] for row in corpus if row["_id"].startswith(ARTICLES)}
+    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus if r["_id"] in kept))
+    qrels = [line.split("\t") for line in (SQUAD_DEV / "qrels" / "test.tsv").read_text().splitlines()[1:]]
+    query_ids = {q for q, doc, _ in qrels if doc in kept}
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if r[0] in query_ids))
+    queries = [line for line in (SQUAD_DEV / "queries.jsonl").open() if json.loads(line)["_id"] in query_ids]
+    (root / "queries.jsonl").write_text("".join(queries))
+    unanswerable = [line for line in (SQUAD_DEV / "unanswerable.jsonl").open()][:20]
+    (root / "unanswerable.jsonl").write_text("".join(unanswerable))
+    return root
+
+
+def _eval(*args: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", "eval", *args, "--json"],
+        capture_output=True, text=True, timeout=600, env=os.environ | {"RAGTUNE_TORCH_THREADS": "2"},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # stdout holds exactly one JSON object; logs go to stderr
+
+
+@pytest.mark.slow
+def test_eval_retrieval_hybrid_beats_thresholds_and_baseline(squad_slice):
+    report = _eval("retrieval", str(squad_slice), "--mode", "hybrid", "--limit", "150")
+    assert report["n_queries"] == 150
+    assert {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"} <= set(report)
+    assert report["ndcg@10"] >= 0.88 and report["recall@5"] >= 0.95
+    assert report["ndcg@10"] >= report["baseline_bm25s"]["ndcg@10"] - 0.01
+
+
+@pytest.mark.slow
+def test_eval_answers_reports_squad_metrics(squad_slice):
+    report = _eval("answers", str(squad_slice), "--limit", "25")
+    assert set(report) >= {"exact_match", "f1", "citation_support", "abstain_rate"}
+    assert report["n_questions"] == 25 and report["n_unanswerable"] == 20
+    assert report["f1"] > 0.1 and report["citation_support"] >= 0.6
+    assert 0.0 <= report["abstain_rate"] <= 1.0
+
+
+def test_metric_definitions():
+    relevant = {"a": 1}
+    assert recall_at_k(["b", "a"], relevant, 1) == 0.0 and recall_at_k(["b", "a"], relevant, 5) == 1.0
+    assert mrr_at_k(["b", "a"], relevant, 10) == 0.5
+    assert ndcg_at_k(["a", "b"], relevant, 10) == 1.0
+    assert squad_exact_match("The Rhine.", ["rhine"]) == 1.0
+    assert squad_f1("Rhine river in Europe", ["the Rhine"]) == pytest.approx(0.4)
+
+
+def test_bad_dataset_is_reported_with_file_and_line(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "x"}\n')
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "ok"}\n{not json}\n')
+    with pytest.raises(DatasetError, match=r"corpus.jsonl:2: not valid JSON"):
+        load_beir(tmp_path)
+    (tmp_path / "corpus.jsonl").unlink()
+    with pytest.raises(DatasetError, match="corpus.jsonl is missing"):
+        load_beir(tmp_path)
