@@ -19,9 +19,11 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass
 
 import numpy as np
+import Stemmer
 
 from ragtune.embed import Embedder
 from ragtune.generate.base import NOT_FOUND, Generation
@@ -52,17 +54,12 @@ def split_sentences(text: str) -> list[str]:
     return [" ".join(p.split()) for p in pieces if p.strip()]
 
 
-def _stem(word: str) -> str:
-    # A few English suffixes are enough to match "classify"/"classified"/"classifying";
-    # a full stemmer would be a dependency for a tie-breaking signal.
-    for suffix in ("ing", "edly", "ed", "ies", "es", "s", "ly"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            return word[: -len(suffix)] + ("y" if suffix == "ies" else "")
-    return word
+# Snowball English, the stemmer Milvus's BM25 analyzer uses too: "merges" meets "merge".
+_STEMMER = Stemmer.Stemmer("english")
 
 
 def content_terms(text: str) -> list[str]:
-    return [_stem(w) for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOPWORDS]
+    return _STEMMER.stemWords([w for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOPWORDS])
 
 
 # A quote opening with one of these is unreadable without the sentence before it.
@@ -167,6 +164,15 @@ class ExtractiveAnswerer:
         # Quote in reading order: by chunk rank, then by position within the chunk.
         chosen = sorted(scored[: self.max_sentences], key=lambda s: (s.hit_number, s.position))
         return Generation(" ".join(f"{self._quote(s, chosen)} [{s.hit_number}]" for s in chosen))
+
+    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
+        """The same answer as `generate`, yielded a few words at a time (the answer is
+        computed at once; streaming it keeps one code path for every generator)."""
+        generation = self.generate(question, hits)
+        words = re.findall(r"\S+\s*", generation.text)
+        for start in range(0, len(words), 8):
+            yield "".join(words[start : start + 8])
+        return generation
 
     @staticmethod
     def _quote(sentence: ScoredSentence, chosen: list[ScoredSentence]) -> str:
