@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from ragtune.ingest.pipeline import discover, in_shard
 from ragtune.store.catalog import FAILED, INDEXED
 
@@ -90,3 +92,17 @@ def test_thousands_of_files_are_discovered_lazily_and_sharded(tmp_path):
     assert set().union(*shards) == set(files)
     assert sum(len(s) for s in shards) == 2000 and all(300 < len(s) < 700 for s in shards)
     assert in_shard("d1/f1.txt", (0, 1))
+
+
+@pytest.mark.slow
+def test_a_folder_of_a_thousand_files_indexes_completely(pipeline, tmp_path):
+    root = tmp_path / "many"
+    for i in range(1000):
+        folder = root / f"team{i % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"note{i}.txt").write_text(f"Note {i}: the on-call rota for week {i} lists engineer number {i * 7}.")
+    report = pipeline.ingestor.ingest_paths([root], progress=False)
+    assert len(report.indexed) == 1000 and report.chunks == 1000 and not report.failed
+    assert pipeline.catalog.counts()[INDEXED] == 1000 and pipeline.store.count() == 1000
+    hits = pipeline.retriever.run("on-call rota for week 437", top_k=1, mode="bm25")
+    assert hits[0].source.endswith("note437.txt")

@@ -26,7 +26,7 @@ from ragtune.config import Settings
 from ragtune.embed import Embedder
 from ragtune.ingest.chunking import Chunk, chunk_document, document_id
 from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoadedDocument, LoaderError, load_bytes
-from ragtune.store.catalog import INDEXED, Catalog
+from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
 from ragtune.store.milvus import MilvusStore
 
 
@@ -47,8 +47,7 @@ class IngestReport:
 
 @dataclass
 class _Prepared:
-    doc_id: str
-    source: str
+    pending: PendingDocument
     doc: LoadedDocument
     chunks: list[Chunk]
 
@@ -192,19 +191,20 @@ class Ingestor:
             self.catalog.mark_failed(doc_id, source, message, size)
             report.failed.append((source, message))
             return None
-        self.catalog.mark_pending(doc_id, source, content_hash, size, tags)
-        return _Prepared(doc_id, source, doc, chunks)
+        return _Prepared(PendingDocument(doc_id, source, content_hash, size, tags), doc, chunks)
 
     def _store(self, batch: list[_Prepared], report: IngestReport) -> None:
         if not batch:
             return
         chunks = [c for p in batch for c in p.chunks]
         vectors = self.embedder.embed([c.text for c in chunks])
-        self.store.delete_documents(p.doc_id for p in batch)
+        # pending before the old chunks go, indexed only after the new ones are stored:
+        # a run killed in between leaves pending documents that the next run redoes.
+        self.catalog.mark_pending(p.pending for p in batch)
+        self.store.delete_documents(p.pending.id for p in batch)
         self.store.insert(chunks, vectors)
-        for p in batch:
-            self.catalog.mark_indexed(p.doc_id, len(p.chunks), p.doc.content_type, p.doc.title)
-            report.indexed.append(p.source)
+        self.catalog.mark_indexed(IndexedDocument(p.pending.id, len(p.chunks), p.doc.content_type, p.doc.title) for p in batch)
+        report.indexed.extend(p.pending.source for p in batch)
         report.chunks += len(chunks)
 
     def _prune(self, root: Path, shard: tuple[int, int] | None, seen: set[str], report: IngestReport) -> None:

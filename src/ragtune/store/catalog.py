@@ -3,10 +3,10 @@
 SQLite in the data directory by default, PostgreSQL (``postgresql://…``) when several
 processes (API replicas, indexing workers) share one catalog.
 
-    >>> from ragtune.store.catalog import Catalog
+    >>> from ragtune.store.catalog import Catalog, IndexedDocument, PendingDocument
     >>> catalog = Catalog("sqlite://")
-    >>> catalog.mark_pending("d1", "/docs/a.md", "hash-a")
-    >>> catalog.mark_indexed("d1", chunks=3, content_type="text/markdown", title="A")
+    >>> catalog.mark_pending([PendingDocument("d1", "/docs/a.md", "hash-a")])
+    >>> catalog.mark_indexed([IndexedDocument("d1", chunks=3, content_type="text/markdown", title="A")])
     >>> catalog.get("d1").status, catalog.get("d1").chunks
     ('indexed', 3)
 """
@@ -74,6 +74,23 @@ class DocumentRecord:
             row.id, row.source, row.content_hash, row.status, row.error, row.chunks, row.content_type,
             row.title, row.size_bytes, tuple(row.tags or ()), row.created_at, row.updated_at,
         )
+
+
+@dataclass(frozen=True)
+class PendingDocument:
+    id: str
+    source: str
+    content_hash: str
+    size_bytes: int = 0
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class IndexedDocument:
+    id: str
+    chunks: int
+    content_type: str
+    title: str
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -152,21 +169,25 @@ class Catalog:
             s.execute(select(1))
 
     # --- writes ------------------------------------------------------------------------
-    def mark_pending(self, doc_id: str, source: str, content_hash: str, size_bytes: int = 0, tags: Iterable[str] = ()) -> None:
-        """Record that `source` at `content_hash` is being indexed (its chunks may be partial)."""
+    # Status changes are written a batch per transaction: one commit (an fsync) per file
+    # took a fifth of the time of indexing a folder of small files.
+    def mark_pending(self, docs: Iterable[PendingDocument]) -> None:
+        """Record that these documents are being indexed (their chunks may be partial)."""
         with self.session() as s, s.begin():
-            row = s.get(DocumentRow, doc_id) or DocumentRow(id=doc_id, source=source)
-            row.content_hash, row.status, row.error = content_hash, PENDING, ""
-            row.size_bytes, row.tags = size_bytes, list(tags)
-            s.add(row)
+            for doc in docs:
+                row = s.get(DocumentRow, doc.id) or DocumentRow(id=doc.id, source=doc.source)
+                row.content_hash, row.status, row.error = doc.content_hash, PENDING, ""
+                row.size_bytes, row.tags = doc.size_bytes, list(doc.tags)
+                s.add(row)
 
-    def mark_indexed(self, doc_id: str, chunks: int, content_type: str, title: str) -> None:
+    def mark_indexed(self, docs: Iterable[IndexedDocument]) -> None:
         with self.session() as s, s.begin():
-            row = s.get(DocumentRow, doc_id)
-            if row is None:
-                raise CatalogError(f"document {doc_id} vanished from the catalog while it was being indexed")
-            row.status, row.error, row.chunks = INDEXED, "", chunks
-            row.content_type, row.title = content_type, title[:1024]
+            for doc in docs:
+                row = s.get(DocumentRow, doc.id)
+                if row is None:
+                    raise CatalogError(f"document {doc.id} vanished from the catalog while it was being indexed")
+                row.status, row.error, row.chunks = INDEXED, "", doc.chunks
+                row.content_type, row.title = doc.content_type, doc.title[:1024]
 
     def mark_failed(self, doc_id: str, source: str, error: str, size_bytes: int = 0) -> None:
         """Record a failure; a previously indexed version keeps its hash and chunks."""
