@@ -73,6 +73,15 @@ def test_metric_definitions():
     assert squad_f1("Rhine river in Europe", ["the Rhine"]) == pytest.approx(0.4)
 
 
+def test_answers_eval_without_answers_is_a_usage_error(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "What is it?"}\n')
+    (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "It is a river."}\n')
+    result = subprocess.run([sys.executable, "-m", "ragtune.cli", "eval", "answers", str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "no query in queries.jsonl has an 'answers' list" in result.stderr
+
+
 def test_bad_dataset_is_reported_with_file_and_line(tmp_path):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")

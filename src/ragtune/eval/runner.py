@@ -23,7 +23,7 @@ from typing import Any
 
 from ragtune.config import RetrievalMode, Settings
 from ragtune.embed import Embedder, build_embedder
-from ragtune.eval.datasets import BeirDataset, load_beir
+from ragtune.eval.datasets import BeirDataset, DatasetError, load_beir
 from ragtune.eval.metrics import normalize_answer, retrieval_metrics, squad_exact_match, squad_f1
 from ragtune.ingest.loaders import TEXT, LoadedDocument, Section
 from ragtune.rag import Pipeline
@@ -109,7 +109,7 @@ def evaluate_answers(
     answerable = _sample([q for q in dataset.queries if dataset.answers.get(q)], limit, seed)
     unanswerable = _sample(list(dataset.unanswerable), limit, seed)
     if not answerable:
-        raise ValueError(f"{dataset_dir}: no query in queries.jsonl has an 'answers' list")
+        raise DatasetError(f"{dataset_dir}: no query in queries.jsonl has an 'answers' list; answer evaluation needs them")
     exact = f1 = supported = answered = false_abstentions = declined = 0.0
     started = time.perf_counter()
     with indexed_dataset(dataset, settings) as pipeline:
