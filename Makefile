@@ -28,6 +28,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/ragtune ingest samples/
 	$(BIN)/ragtune ask "$(DEMO_QUESTION)"
+	$(BIN)/ragtune serve
 
 # System tools some tests need (a browser, PostgreSQL, Prometheus, helm): one script per tool in
 # scripts/system-deps/, each installing what is missing and safe to run again.

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ragtune.quant.cli import quantize_app
+
 # Models load from local paths only; keep libraries from reaching for a hub or chattering.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -26,6 +28,7 @@ app = typer.Typer(
 )
 eval_app = typer.Typer(help="Measure retrieval and answers on a BEIR-format dataset.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
+app.add_typer(quantize_app, name="quantize")
 
 
 class UsageError(Exception):
@@ -226,6 +229,153 @@ def eval_answers(
         return
     for key, value in report.items():
         typer.echo(f"{key:18} {value}")
+
+
+keys_app = typer.Typer(help="API keys for the HTTP service (stored hashed in the catalog).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _configure_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Listen address (RAGTUNE_HOST; default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (RAGTUNE_PORT; default 8000).")] = None,
+) -> None:
+    """Run the HTTP API and the web UI (uvicorn); ingestion jobs run in a worker thread."""
+    import uvicorn
+
+    from ragtune.api.app import create_app
+
+    settings = _settings(host=host, port=port)
+    _configure_logging()
+    typer.echo(f"ragtune serves http://{settings.host}:{settings.port}/ (UI), /docs (API); Ctrl+C stops it", err=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+
+
+@app.command()
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Process the queued jobs, then exit.")] = False,
+) -> None:
+    """Process ingestion jobs from the shared catalog; run several beside the API to scale out.
+
+    Needs a catalog and a Milvus server shared with `ragtune serve` (RAGTUNE_CATALOG_URL=
+    postgresql://…, RAGTUNE_MILVUS_URI=http://…), and RAGTUNE_EMBEDDED_WORKER=false there."""
+    import signal
+    import threading
+
+    from ragtune.api.health import StoreProbe
+    from ragtune.api.worker import Worker
+    from ragtune.store.jobs import JobQueue
+
+    settings = _settings()
+    if not settings.is_milvus_server():
+        typer.echo(
+            "warning: RAGTUNE_MILVUS_URI is a Milvus Lite path, which one process may open: "
+            "this worker cannot run beside `ragtune serve` on the same data; use a Milvus server",
+            err=True,
+        )
+    _configure_logging()
+    with _pipeline(settings) as rag:
+        probe = StoreProbe(settings.resolved_milvus_uri())
+        job_worker = Worker(rag, JobQueue(rag.catalog), settings, store_ready=probe.check)
+        if once:
+            processed = 0
+            while job_worker.run_once():
+                processed += 1
+            typer.echo(f"processed {processed} job(s)", err=True)
+            return
+        stop = threading.Event()
+
+        def _stop(*_: object) -> None:
+            stop.set()
+            job_worker.wake()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        job_worker.run(stop)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="What the key is for (e.g. ci, grafana).")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Make a key; it is printed once and only its hash is stored."""
+    created = _key_store().create(name)
+    if as_json:
+        _print_json({"id": created.key.id, "name": created.key.name, "key": created.secret})
+        return
+    typer.echo(created.secret)
+    typer.echo(f"key {created.key.id} ({name or 'unnamed'}): store it now, it cannot be shown again", err=True)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List keys (id, name, first characters, created, revoked); never the keys themselves."""
+    keys = _key_store().list()
+    if as_json:
+        _print_json([asdict(k) for k in keys])
+        return
+    for k in keys:
+        revoked = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+        typer.echo(f"{k.id}  {k.hint:10}  {k.created_at:%Y-%m-%d %H:%M}  {revoked:24}  {k.name}")
+    typer.echo(f"{len(keys)} key(s)")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by `ragtune keys list`.")]) -> None:
+    """Revoke a key; a running server refuses it within seconds."""
+    try:
+        key = _key_store().revoke(key_id)
+    except KeyError as exc:
+        raise UsageError(exc.args[0]) from None
+    typer.echo(f"revoked key {key.id} ({key.name or 'unnamed'})")
+
+
+def _key_store():  # -> KeyStore
+    from ragtune.store.catalog import Catalog
+    from ragtune.store.keys import KeyStore
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return KeyStore(Catalog(settings.resolved_catalog_url()))
+
+
+@app.command("serve-llm")
+def serve_llm(
+    model: Annotated[Optional[str], typer.Option(help="HF model directory or .gguf file (RAGTUNE_LLM_MODEL; default SmolLM2).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="PEFT LoRA adapter directory (RAGTUNE_LLM_ADAPTER).")] = None,
+    quant: Annotated[Optional[str], typer.Option(help="none or nf4 (RAGTUNE_LLM_QUANT).")] = None,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send (default: the model's name).")] = None,
+    host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (RAGTUNE_LLM_BASE_URL's default uses 8001).")] = 8001,
+) -> None:
+    """Serve the local LLM as an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+    import uvicorn
+
+    from ragtune.generate.local import LocalLM
+    from ragtune.generate.server import create_llm_app
+    from ragtune.models import ModelNotFoundError
+
+    settings = _settings(llm_model=model, llm_adapter=adapter, llm_quant=quant)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    _configure_logging()
+    try:
+        lm = LocalLM.load(settings.llm_model, settings.llm_adapter, settings.llm_quant)
+    except (ModelNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    app_ = create_llm_app(lm, served_model_name, settings.llm_max_new_tokens)
+    name = served_model_name or lm.name
+    typer.echo(f"serving {name!r} ({lm.device}) at http://{host}:{port}/v1; Ctrl+C stops it", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
 
 
 def main() -> None:

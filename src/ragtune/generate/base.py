@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Generator as PyGenerator
+from typing import Protocol, runtime_checkable
 
 from ragtune.store.milvus import Hit
 
@@ -35,6 +36,67 @@ class Generator(Protocol):
     name: str
 
     def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+
+
+@runtime_checkable
+class StreamingGenerator(Protocol):
+    """A `Generator` that can also stream: `stream` yields text deltas as they are written
+    and *returns* the final `Generation` (read it with ``final = yield from g.stream(...)``).
+
+    The deltas joined equal the returned ``Generation.text``.
+
+        stream = generator.stream("Who maintains Milvus?", hits)
+        try:
+            while True:
+                print(next(stream), end="")
+        except StopIteration as done:
+            generation = done.value
+    """
+
+    name: str
+
+    def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+
+    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]: ...
+
+
+class CitationStream:
+    """Renumbers citation markers in streamed text the way `renumber_citations` does for
+    the whole text: markers outside 1..n_chunks dropped, the rest numbered by first use.
+
+    A delta can end inside a marker ("... [1" then "2] ..."), so a possibly unfinished
+    marker is held back until the next delta or `flush`.
+
+    >>> s = CitationStream(n_chunks=3)
+    >>> s.feed("Paris [3"), s.feed("] and [9] Rome [1]."), s.flush()
+    ('Paris ', '[1] and  Rome [2].', '')
+    """
+
+    _OPEN_TAIL = re.compile(r"\[\d{0,3}$")
+
+    def __init__(self, n_chunks: int) -> None:
+        self.n_chunks = n_chunks
+        self.order: list[int] = []
+        self._pending = ""
+
+    def _replace(self, match: re.Match[str]) -> str:
+        original = int(match.group(1))
+        if not 1 <= original <= self.n_chunks:
+            return ""
+        if original not in self.order:
+            self.order.append(original)
+        return f"[{self.order.index(original) + 1}]"
+
+    def feed(self, delta: str) -> str:
+        text = self._pending + delta
+        tail = self._OPEN_TAIL.search(text)
+        cut = tail.start() if tail else len(text)
+        self._pending = text[cut:]
+        return _MARKER.sub(self._replace, text[:cut])
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, ""
+        return _MARKER.sub(self._replace, rest)
 
 
 @dataclass(frozen=True)
@@ -68,20 +130,11 @@ class Answer:
 def renumber_citations(text: str, n_chunks: int) -> tuple[str, list[int]]:
     """Drop markers outside 1..n_chunks, renumber the rest by first use; returns the
     new text and, for each new number, the original 1-based chunk number."""
-    order: list[int] = []
-
-    def replace(match: re.Match[str]) -> str:
-        original = int(match.group(1))
-        if not 1 <= original <= n_chunks:
-            return ""
-        if original not in order:
-            order.append(original)
-        return f"[{order.index(original) + 1}]"
-
-    renumbered = _MARKER.sub(replace, text)
+    stream = CitationStream(n_chunks)
+    renumbered = stream.feed(text) + stream.flush()
     renumbered = re.sub(r"(\[\d+\])(\1)+", r"\1", renumbered)  # "[1][1]" -> "[1]"
     renumbered = re.sub(r"[ \t]{2,}", " ", renumbered)
-    return re.sub(r"[ \t]+([.,;:!?])(?=\s|$)", r"\1", renumbered).strip(), order
+    return re.sub(r"[ \t]+([.,;:!?])(?=\s|$)", r"\1", renumbered).strip(), stream.order
 
 
 def resolve_citations(generation: Generation, hits: list[Hit]) -> tuple[str, list[Citation]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter, OrderedDict
 from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass
@@ -105,18 +106,22 @@ class ExtractiveAnswerer:
         # The same chunks come back for many questions; their sentence vectors are reused.
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._cache_lock = threading.Lock()  # the API answers questions on several threads
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         assert self.embedder is not None
-        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
-        if missing:
-            for text, vector in zip(missing, self.embedder.embed(missing)):
-                self._vectors[text] = vector
-        for text in texts:
-            self._vectors.move_to_end(text)
-        while len(self._vectors) > self._cache_size:
-            self._vectors.popitem(last=False)
-        return np.stack([self._vectors[t] for t in texts])
+        with self._cache_lock:
+            known = {t: self._vectors[t] for t in texts if t in self._vectors}
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:  # embedded outside the lock: concurrent questions need not queue here
+            known.update(zip(missing, self.embedder.embed(missing)))
+        with self._cache_lock:
+            for text in texts:
+                self._vectors[text] = known[text]
+                self._vectors.move_to_end(text)
+            while len(self._vectors) > self._cache_size:
+                self._vectors.popitem(last=False)
+        return np.stack([known[t] for t in texts])
 
     def score_sentences(self, question: str, hits: list[Hit]) -> list[ScoredSentence]:
         sentences = [

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -113,7 +113,12 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
         try:
-            _Base.metadata.create_all(self.engine)
+            with self.engine.begin() as connection:
+                if self.engine.dialect.name == "postgresql":
+                    # Workers and API replicas start together; CREATE TABLE's existence check
+                    # races between them, so schema creation takes a cluster-wide lock.
+                    connection.execute(text("SELECT pg_advisory_xact_lock(7450238)"))
+                _Base.metadata.create_all(connection)
         except Exception as exc:
             raise CatalogError(f"cannot open catalog {url!r}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -119,13 +119,16 @@ class _LiteLock:
 class MilvusStore:
     """Chunks with dense and BM25 vectors in one Milvus collection."""
 
-    def __init__(self, uri: str, collection: str, dimension: int, token: str = "") -> None:
+    def __init__(self, uri: str, collection: str, dimension: int, token: str = "", timeout: float = 20.0) -> None:
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
         if dimension <= 0:
             raise ValueError(f"dimension must be greater than 0; got {dimension}")
         self.uri, self.collection, self.dimension = uri, collection, dimension
+        # Every call carries a deadline: without one pymilvus retries a dead server for minutes.
+        self.timeout = timeout
+        self._client = None
         self._lock: _LiteLock | None = None
         if not is_server_uri(uri):
             data_path = Path(uri).expanduser().resolve()
@@ -278,7 +281,7 @@ class MilvusStore:
         if self._client is None:
             raise StoreError("the store is closed")
         try:
-            return method(*args, **kwargs)
+            return method(*args, timeout=self.timeout, **kwargs)
         except MilvusException as exc:
             raise self._translate(exc) from exc
 

@@ -1,0 +1,139 @@
+"""The FastAPI application: `create_app(settings)` wires the pipeline, the job queue, the
+in-process worker, security and metrics; `ragtune serve` runs it under uvicorn.
+
+    import uvicorn
+    from ragtune.api.app import create_app
+    from ragtune.config import Settings
+
+    uvicorn.run(create_app(Settings(data_dir="./data")), host="127.0.0.1", port=8000)
+
+Everything that touches the store, the catalog or the model is built in the lifespan (at
+startup, off the event loop), so importing or creating the app is cheap and a failing
+dependency stops the server at startup with its own message.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.routing import Mount, Route
+from starlette.types import Scope
+
+from ragtune.api.batching import BatchingEmbedder
+from ragtune.api.deps import Services
+from ragtune.api.errors import install_error_handlers
+from ragtune.api.health import StoreProbe
+from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder, instrument_store
+from ragtune.api.query import QueryService
+from ragtune.api.routes import documents, health, query, ui
+from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
+from ragtune.api.worker import Worker
+from ragtune.config import Settings
+from ragtune.embed import Embedder, build_embedder
+from ragtune.rag import Pipeline
+from ragtune.store.jobs import JobQueue
+from ragtune.store.keys import KeyStore
+
+log = logging.getLogger("ragtune.api")
+
+_MULTIPART_OVERHEAD = 1024 * 1024  # part headers and boundaries around the files of one upload
+_WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take to finish
+
+
+def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
+    """The pipeline (with timed embedder and store) and everything the routes use."""
+    # Timed outside the batching: a question's embedding time includes its wait to join a batch.
+    model = BatchingEmbedder(embedder or build_embedder(settings))
+    pipeline = Pipeline.from_settings(settings, embedder=TimedEmbedder(model, metrics))
+    instrument_store(pipeline, metrics)
+    probe = StoreProbe(settings.resolved_milvus_uri())
+    queue = JobQueue(pipeline.catalog)
+    authenticator = Authenticator(settings.api_keys, KeyStore(pipeline.catalog))
+    authenticator.refresh()
+    services = Services(
+        settings=settings,
+        pipeline=pipeline,
+        metrics=metrics,
+        probe=probe,
+        queue=queue,
+        queries=QueryService(pipeline, metrics, probe),
+        authenticator=authenticator,
+        limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+    )
+    if settings.embedded_worker:
+        services.worker = Worker(pipeline, queue, settings, store_ready=probe.check)
+    return services
+
+
+def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
+    """The app for `settings` (default: from the environment); `embedder` reuses a loaded model."""
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = await anyio.to_thread.run_sync(build_services, settings, metrics, embedder)
+        app.state.services = services
+        if services.worker is not None:
+            services.worker_thread = threading.Thread(
+                target=services.worker.run, args=(services.worker_stop,), name="ragtune-worker", daemon=True
+            )
+            services.worker_thread.start()
+        try:
+            yield
+        finally:
+            await anyio.to_thread.run_sync(_shutdown, services)
+
+    app = FastAPI(
+        title="ragtune",
+        summary="Answers questions over your documents, with citations.",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.metrics = metrics
+    install_error_handlers(app)
+    for module in (health, documents, query, ui):
+        app.include_router(module.router)
+    app.mount("/ui", StaticFiles(directory=ui.WEB_DIR), name="ui")
+
+    # Added innermost first: metrics see every request (also those refused), CORS answers
+    # preflights before auth, auth refuses before any body is read.
+    upload_limit = settings.max_upload_bytes * settings.max_files_per_request + _MULTIPART_OVERHEAD
+    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit})
+    app.add_middleware(AuthMiddleware, exempt_paths=settings.auth_exempt_paths, get_auth=_auth_of)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
+    endpoints = [r for r in app.router.routes if isinstance(r, (Route, Mount))]
+    endpoints += [r for module in (health, documents, query, ui) for r in module.router.routes]
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=endpoints)
+    return app
+
+
+def _auth_of(scope: Scope) -> tuple[Authenticator, RateLimiter]:
+    services: Services = scope["app"].state.services
+    return services.authenticator, services.limiter
+
+
+def _shutdown(services: Services) -> None:
+    if services.worker is not None and services.worker_thread is not None:
+        services.worker_stop.set()
+        services.worker.wake()
+        services.worker_thread.join(_WORKER_STOP_SECONDS)
+        if services.worker_thread.is_alive():
+            log.warning("the ingestion worker is still busy; its job will be retried after the next start")
+    services.pipeline.close()

@@ -1,0 +1,46 @@
+"""What the routes depend on, built once per app by its lifespan and injected with `Depends`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ragtune.api.errors import ApiError
+from ragtune.api.health import StoreProbe
+from ragtune.api.metrics import ServiceMetrics
+from ragtune.api.query import QueryService
+from ragtune.api.security import Authenticator, RateLimiter
+from ragtune.api.worker import Worker
+from ragtune.config import Settings
+from ragtune.rag import Pipeline
+from ragtune.store.jobs import JobQueue
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pipeline: Pipeline
+    metrics: ServiceMetrics
+    probe: StoreProbe
+    queue: JobQueue
+    queries: QueryService
+    authenticator: Authenticator
+    limiter: RateLimiter
+    worker: Worker | None = None  # the in-process worker, when RAGTUNE_EMBEDDED_WORKER is on
+    worker_stop: threading.Event = field(default_factory=threading.Event)
+    worker_thread: threading.Thread | None = None
+    started_at: float = field(default_factory=time.time)
+
+
+def get_services(request: Request) -> Services:
+    services = getattr(request.app.state, "services", None)
+    if services is None:
+        raise ApiError(503, "starting", "the service is still starting; retry in a few seconds")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

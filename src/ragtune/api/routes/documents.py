@@ -1,0 +1,105 @@
+"""Documents: upload (queued as a job), list, inspect, delete; and the jobs' progress."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
+
+from ragtune.api.deps import ServicesDep
+from ragtune.api.errors import ApiError
+from ragtune.api.schemas import (
+    DeletedDocument,
+    DocumentList,
+    DocumentOut,
+    ErrorResponse,
+    JobOut,
+    UploadAccepted,
+    UploadedDocument,
+)
+from ragtune.api.uploads import check_upload
+
+router = APIRouter(prefix="/v1", tags=["documents"])
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 503)}
+_MAX_TAGS, _MAX_TAG_CHARS = 32, 128
+
+
+@router.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=UploadAccepted, responses=_ERRORS)
+def upload_documents(
+    services: ServicesDep,
+    files: Annotated[list[UploadFile], File(description="One or more files: txt, md, html, pdf, docx.")],
+    tags: Annotated[list[str], Form(description="Tags for every uploaded document (repeatable).")] = [],  # noqa: B006 (FastAPI copies defaults)
+) -> UploadAccepted:
+    """Checks every file, then queues one job indexing them all; poll `status_url` for progress."""
+    settings = services.settings
+    if len(files) > settings.max_files_per_request:
+        raise ApiError(
+            413, "too_many_files",
+            f"{len(files)} files in one request, over the limit of {settings.max_files_per_request} "
+            "(RAGTUNE_MAX_FILES_PER_REQUEST); send them in several requests",
+        )
+    if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS or not t.strip() for t in tags):
+        raise ApiError(422, "invalid_tags", f"give at most {_MAX_TAGS} tags of 1 to {_MAX_TAG_CHARS} characters; got {tags[:5]!r}…")
+    checked = []
+    for upload in files:
+        # Reads at most one byte past the limit: check_upload reports the oversize file.
+        checked.append(check_upload(upload.file.read(settings.max_upload_bytes + 1), upload.filename or "", settings))
+    names = [c.file.source for c in checked]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ApiError(422, "duplicate_filename", f"several files would become the same document: {', '.join(duplicates)}; rename them")
+    job = services.queue.enqueue([c.file for c in checked], tuple(t.strip() for t in tags))
+    if services.worker is not None:
+        services.worker.wake()
+    return UploadAccepted(
+        job_id=job.id,
+        status_url=f"/v1/jobs/{job.id}",
+        documents=[
+            UploadedDocument(
+                filename=c.file.filename, source=c.file.source, document_id=c.file.doc_id,
+                size_bytes=len(c.file.data), content_type=c.content_type,
+            )
+            for c in checked
+        ],
+    )
+
+
+@router.get("/documents", response_model=DocumentList, responses=_ERRORS)
+def list_documents(
+    services: ServicesDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    status: Literal["pending", "indexed", "failed"] | None = None,
+) -> DocumentList:
+    """Documents ordered by source, with their status and, for failures, the reason."""
+    records, total = services.pipeline.catalog.list(offset, limit, status)
+    return DocumentList(total=total, offset=offset, limit=limit, documents=[DocumentOut.of(r) for r in records])
+
+
+@router.get("/documents/{id}", response_model=DocumentOut, responses=_ERRORS)
+def get_document(services: ServicesDep, id: str) -> DocumentOut:
+    record = services.pipeline.catalog.get(id)
+    if record is None:
+        raise ApiError(404, "document_not_found", f"no document with id {id!r}; GET /v1/documents lists them")
+    return DocumentOut.of(record)
+
+
+@router.delete("/documents/{id}", response_model=DeletedDocument, responses=_ERRORS)
+def delete_document(services: ServicesDep, id: str) -> DeletedDocument:
+    """Removes the document's chunks from the index and the document from the catalog."""
+    record = services.pipeline.catalog.get(id)
+    if record is None:
+        raise ApiError(404, "document_not_found", f"no document with id {id!r}; GET /v1/documents lists them")
+    services.probe.require()
+    services.pipeline.ingestor.delete(record.id)
+    return DeletedDocument(id=record.id, source=record.source)
+
+
+@router.get("/jobs/{id}", response_model=JobOut, responses=_ERRORS, tags=["jobs"])
+def get_job(services: ServicesDep, id: str) -> JobOut:
+    """Progress (files done of total, chunks) and each file's outcome and error."""
+    job = services.queue.get(id)
+    if job is None:
+        raise ApiError(404, "job_not_found", f"no job with id {id!r}; POST /v1/documents returns job ids")
+    return JobOut.of(job)

@@ -1,0 +1,55 @@
+"""Questions: ragtune's own endpoint and the OpenAI-compatible one."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from ragtune.api.deps import ServicesDep
+from ragtune.api.errors import ApiError
+from ragtune.api.query import MODEL_ID
+from ragtune.api.schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    QueryRequest,
+    QueryResponse,
+)
+
+router = APIRouter(prefix="/v1")
+
+_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503)}
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
+
+
+@router.post(
+    "/query",
+    response_model=QueryResponse,
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream=true"}},
+    tags=["questions"],
+)
+def query(services: ServicesDep, request: QueryRequest) -> QueryResponse | StreamingResponse:
+    """The answer with numbered citations and timings; with `stream=true`, Server-Sent Events:
+    `token` (answer text, in order, as it is written), then `done` (this same response);
+    `error` if the answer fails after the stream began."""
+    if request.stream:
+        return StreamingResponse(services.queries.query_events(request), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return services.queries.query(request)
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS, tags=["openai"])
+def chat_completions(services: ServicesDep, request: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
+    """OpenAI Chat Completions: the last user message is answered from the documents, with
+    a source list in the text and the citations in `citations`."""
+    if request.model != MODEL_ID:
+        raise ApiError(404, "model_not_found", f"model {request.model!r} does not exist; use model {MODEL_ID!r} (GET /v1/models)")
+    if request.stream:
+        return StreamingResponse(services.queries.chat_chunks(request), media_type="text/event-stream", headers=_SSE_HEADERS)
+    return services.queries.chat(request)
+
+
+@router.get("/models", response_model=ModelList, tags=["openai"])
+def models(services: ServicesDep) -> ModelList:
+    return ModelList(data=[ModelCard(id=MODEL_ID, created=int(services.started_at))])

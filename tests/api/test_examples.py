@@ -1,0 +1,24 @@
+"""The usage examples in the service modules' docstrings run, so they cannot rot."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "ragtune.api.batching",
+    "ragtune.api.health",
+    "ragtune.api.metrics",
+    "ragtune.api.query",
+    "ragtune.api.security",
+    "ragtune.api.uploads",
+    "ragtune.store.jobs",
+    "ragtune.store.keys",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no runnable example"
+    assert result.failed == 0
