@@ -23,6 +23,16 @@ def test_split_sentences_respects_abbreviations_and_initials():
     ]
 
 
+def test_heading_lines_stand_alone():
+    text = "Operations guide\nBackups\nBack up the data directory while ragtune is\nstopped. It holds the catalog."
+    assert split_sentences(text) == [
+        "Operations guide",
+        "Backups",
+        "Back up the data directory while ragtune is stopped.",
+        "It holds the catalog.",
+    ]
+
+
 def test_quotes_the_best_sentence_with_its_citation(embedder):
     generation = ExtractiveAnswerer(embedder).generate("Who created Milvus?", HITS)
     # The quote opens with "It": its antecedent sentence comes along.

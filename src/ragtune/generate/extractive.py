@@ -42,16 +42,40 @@ _STOPWORDS = frozenset(
 )
 
 
+def _blocks(text: str) -> list[str]:
+    """Lines joined into running text, except headings and titles (PDF and DOCX text carry
+    them on lines of their own): a short unpunctuated line followed by a capitalised one."""
+    blocks, current = [], []
+    lines = [line.strip() for line in text.splitlines()] + [""]
+    for line, following in zip(lines, lines[1:]):
+        if not line:
+            blocks.append(" ".join(current))
+            current = []
+        elif (
+            len(line) <= 60
+            and not line.endswith((".", "!", "?", ":", ";", ","))
+            and (not following or following[0].isupper() or following[0].isdigit())
+        ):
+            blocks.extend([" ".join(current), line])
+            current = []
+        else:
+            current.append(line)
+    blocks.append(" ".join(current))
+    return [b for b in blocks if b]
+
+
 def split_sentences(text: str) -> list[str]:
-    pieces, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        last_word = text[start : match.start() + 1].rsplit(None, 1)[-1].lower()
-        # "e.g." and single initials ("J. Smith") end with a period but not a sentence.
-        if last_word in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last_word):
-            continue
-        pieces.append(text[start : match.start() + 1].strip())
-        start = match.end()
-    pieces.append(text[start:].strip())
+    pieces = []
+    for block in _blocks(text):
+        start = 0
+        for match in _SENTENCE_END.finditer(block):
+            last_word = block[start : match.start() + 1].rsplit(None, 1)[-1].lower()
+            # "e.g." and single initials ("J. Smith") end with a period but not a sentence.
+            if last_word in _ABBREVIATIONS or re.fullmatch(r"[a-z]\.", last_word):
+                continue
+            pieces.append(block[start : match.start() + 1])
+            start = match.end()
+        pieces.append(block[start:])
     return [" ".join(p.split()) for p in pieces if p.strip()]
 
 
