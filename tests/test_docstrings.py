@@ -16,6 +16,14 @@ MODULES = [
     "ragtune.generate.base",
     "ragtune.generate.extractive",
     "ragtune.eval.metrics",
+    "ragtune.api.batching",
+    "ragtune.api.health",
+    "ragtune.api.metrics",
+    "ragtune.api.query",
+    "ragtune.api.security",
+    "ragtune.api.uploads",
+    "ragtune.store.jobs",
+    "ragtune.store.keys",
 ]
 
 
