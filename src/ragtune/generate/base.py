@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from collections.abc import Generator as PyGenerator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ragtune.store.milvus import Hit
 
@@ -36,6 +36,18 @@ class Generator(Protocol):
     name: str
 
     def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+
+
+ReturnT = TypeVar("ReturnT")
+
+
+def run_to_end(stream: PyGenerator[Any, None, ReturnT]) -> ReturnT:
+    """Exhaust a streaming generator and return what it returns (its final result)."""
+    while True:
+        try:
+            next(stream)
+        except StopIteration as done:
+            return done.value
 
 
 @runtime_checkable

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from ragtune.generate.base import NOT_FOUND, Generation
+from ragtune.generate.base import NOT_FOUND, Generation, run_to_end
 from ragtune.generate.prompts import render_prompt
 from ragtune.store.milvus import Hit
 
@@ -223,12 +223,7 @@ class LocalLM:
         return Completion(text, finish, prompt_tokens, len(generated))
 
     def complete(self, prompt: str, params: SamplingParams = SamplingParams()) -> Completion:
-        stream = self.stream(prompt, params)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self.stream(prompt, params))
 
 
 def _apply_adapter(model: Any, adapter: Path, merge: bool) -> Any:
@@ -284,9 +279,4 @@ class LocalGenerator:
         return Generation(completion.text.strip(), usage=completion.usage)
 
     def generate(self, question: str, hits: list[Hit]) -> Generation:
-        stream = self.stream(question, hits)
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self.stream(question, hits))

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from ragtune.generate.base import NOT_FOUND, Generation
+from ragtune.generate.base import NOT_FOUND, Generation, run_to_end
 from ragtune.generate.prompts import render_prompt
 from ragtune.store.milvus import Hit
 
@@ -217,12 +217,7 @@ class OpenAICompatGenerator:
         return (yield from self._answer(question, hits, stream=True))
 
     def generate(self, question: str, hits: list[Hit]) -> Generation:
-        answer = self._answer(question, hits, stream=False)
-        while True:
-            try:
-                next(answer)
-            except StopIteration as done:
-                return done.value
+        return run_to_end(self._answer(question, hits, stream=False))
 
 
 def _content(message: dict[str, Any]) -> str:
