@@ -8,6 +8,10 @@ are taken between numbers of this same run.
 
     .venv/bin/python bench/nf4_cpu.py --threads 2 --out bench/results/nf4_cpu.json
 
+On CPU ragtune decodes with its C kernel when a C compiler is present (the
+``ragtune_cpu_decode`` field says which path ran); ``RAGTUNE_NF4_NATIVE=0`` measures the
+eager PyTorch decode instead.
+
 torchao is optional (``pip install torchao==0.18.0``; it must match the torch version).
 """
 
@@ -69,7 +73,7 @@ def main() -> None:
     import bitsandbytes.functional as bnbf
 
     from ragtune.quant.linear import NF4Linear
-    from ragtune.quant.nf4 import dequantize_nf4, quantize_nf4
+    from ragtune.quant.nf4 import dequantize_nf4, native_decoder, quantize_nf4
 
     try:
         from torchao.quantization import to_nf4
@@ -150,6 +154,7 @@ def main() -> None:
         "logical_cpus": os.cpu_count(),
         "bitsandbytes": bnb.__version__,
         "torchao": torchao_version or "not installed",
+        "ragtune_cpu_decode": "native C kernel" if native_decoder() is not None else "eager PyTorch",
         "loadavg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
         "other_processes_cpu_cores_during_run": round(others, 2),
         "python": sys.version.split()[0],

@@ -43,3 +43,17 @@ def save_tiny_causal_lm(directory: Path) -> Path:
 @pytest.fixture
 def tiny_lm_dir(tmp_path: Path) -> Path:
     return save_tiny_causal_lm(tmp_path / "tiny-llama")
+
+
+@pytest.fixture(params=["native", "eager"])
+def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the C decode kernel and again with the eager PyTorch decode."""
+    from ragtune.quant import linear, nf4
+
+    if request.param == "native":
+        if nf4.native_decoder() is None:
+            pytest.skip("no C compiler here: only the eager decode runs")
+    else:
+        monkeypatch.setattr(nf4, "native_decoder", lambda: None)
+        monkeypatch.setattr(linear, "native_decoder", lambda: None)
+    return request.param

@@ -27,7 +27,13 @@ from .conftest import tiny_llama
 )
 @pytest.mark.parametrize("tile", [64, 1 << 19])
 def test_forward_and_input_gradient_match_the_dense_weight(
-    monkeypatch: pytest.MonkeyPatch, in_features: int, out_features: int, bias: bool, blocksize: int, tile: int
+    monkeypatch: pytest.MonkeyPatch,
+    decoder: str,
+    in_features: int,
+    out_features: int,
+    bias: bool,
+    blocksize: int,
+    tile: int,
 ) -> None:
     # tile=64 forces many tiny tiles, each decoding whole blocks that straddle rows
     monkeypatch.setattr(linear_mod, "_TILE_ELEMENTS", tile)

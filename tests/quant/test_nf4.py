@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Callable, Iterator
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ragtune.quant import nf4
 from ragtune.quant.nf4 import (
     NF4_TABLE,
     NF4QuantState,
@@ -58,7 +62,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("shape", "dtype", "blocksize"), CASES)
-def test_codes_and_absmax_equal_bitsandbytes(shape: tuple[int, ...], dtype: torch.dtype, blocksize: int) -> None:
+def test_codes_and_absmax_equal_bitsandbytes(
+    decoder: str, shape: tuple[int, ...], dtype: torch.dtype, blocksize: int
+) -> None:
     w = (torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 0.05).to(dtype)
     packed, state = quantize_nf4(w, blocksize, double_quant=False)
     ref_packed, ref_state = bnbf.quantize_4bit(w, blocksize=blocksize, quant_type="nf4", compress_statistics=False)
@@ -86,7 +92,7 @@ def test_exact_values_survive() -> None:
     assert (out[1] != 0).sum() == 1
 
 
-def test_double_quant_decodes_bitsandbytes_states_exactly() -> None:
+def test_double_quant_decodes_bitsandbytes_states_exactly(decoder: str) -> None:
     w = torch.randn(512, 512) * 0.02
     ref_packed, ref = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
     theirs = NF4QuantState((512, 512), torch.float32, 64, ref.absmax, ref.state2.absmax, ref.offset)
@@ -158,7 +164,7 @@ def test_output_dtype_can_be_chosen() -> None:
     assert dequantize_nf4(packed, state, torch.float32).dtype == torch.float32
 
 
-def test_large_tensor_in_several_chunks_matches_bitsandbytes() -> None:
+def test_large_tensor_in_several_chunks_matches_bitsandbytes(decoder: str) -> None:
     # more than one internal chunk (2**20 weights), with a ragged end
     w = torch.randn(2**21 + 96)
     packed, state = quantize_nf4(w, 64, double_quant=False)
@@ -191,3 +197,54 @@ def test_compiled_fused_dequantize_matches_eager() -> None:
     packed, state = quantize_nf4(w, 32)
     fused = compiled_dequantizer()(packed, state.block_absmax(), 32, state.shape)
     assert torch.equal(fused, dequantize_nf4(packed, state))
+
+
+@pytest.fixture
+def fresh_native_decoder() -> Iterator[Callable[[], object]]:
+    """Forget the built kernel before and after, so a test can watch it being built."""
+    nf4.native_decoder.cache_clear()
+    yield nf4.native_decoder
+    nf4.native_decoder.cache_clear()
+
+
+def _fail(*args: object, **kwargs: object) -> None:
+    raise subprocess.CalledProcessError(1, "cc")
+
+
+@pytest.mark.parametrize("broken", ["no compiler", "compile error", "switched off"])
+def test_without_a_working_c_compiler_the_eager_decode_runs(
+    monkeypatch: pytest.MonkeyPatch, fresh_native_decoder: Callable[[], object], broken: str
+) -> None:
+    if broken == "no compiler":
+        monkeypatch.setattr(nf4.shutil, "which", lambda name: None)
+    elif broken == "compile error":
+        monkeypatch.setattr(nf4.subprocess, "run", _fail)
+    else:
+        monkeypatch.setenv("RAGTUNE_NF4_NATIVE", "0")
+    assert fresh_native_decoder() is None
+    w = torch.randn(300, 64)
+    packed, state = quantize_nf4(w, 64, double_quant=False)
+    ref_packed, ref = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
+    assert torch.equal(dequantize_nf4(packed, state), bnbf.dequantize_4bit(ref_packed, ref))
+
+
+def test_native_decode_splits_over_threads_like_the_eager_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    if nf4.native_decoder() is None:
+        pytest.skip("no C compiler here")
+    # three threads, a ragged last block and an odd number of weights
+    monkeypatch.setattr(nf4.torch, "get_num_threads", lambda: 3)
+    w = torch.randn(3 * 2**17 + 77)
+    packed, state = quantize_nf4(w, 128, double_quant=True)
+    native = dequantize_nf4(packed, state)
+    monkeypatch.setattr(nf4, "native_decoder", lambda: None)
+    assert torch.equal(native, dequantize_nf4(packed, state))
+
+
+def test_native_decode_checks_what_the_kernel_will_touch() -> None:
+    if nf4.native_decoder() is None:
+        pytest.skip("no C compiler here")
+    packed, state = quantize_nf4(torch.randn(256), 64, double_quant=False)
+    with pytest.raises(ValueError, match="need 4 absmax values; got 3"):
+        nf4.decode_native(packed, state.absmax[:3], 64, torch.empty(256))
+    with pytest.raises(ValueError, match="two values per packed byte"):
+        nf4.decode_native(packed, state.absmax, 64, torch.empty(255))

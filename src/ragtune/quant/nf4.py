@@ -25,6 +25,10 @@ Double quantization stores the per-block fp32 absmax constants (32 bits per 64 w
 256 with bitsandbytes' signed dynamic 8-bit map, keep one fp32 scale per 256 blocks:
 ``4 + 8/64 + 32/(64*256) = 4.127`` bits per weight instead of ``4 + 32/64 = 4.5``.
 
+On CPU the decode runs in a small C kernel (:func:`native_decoder`, built with the system
+C compiler on first use), split over ``torch.get_num_threads()`` threads; without a
+compiler the same numbers come from eager PyTorch ops, about 1.3-2x slower.
+
 >>> import torch
 >>> from ragtune.quant.nf4 import quantize_nf4, dequantize_nf4
 >>> w = torch.randn(1024, 1024)
@@ -38,10 +42,17 @@ True
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
+import os
+import shutil
+import subprocess
+import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -54,12 +65,14 @@ __all__ = [
     "byte_lut",
     "check_blocksize",
     "compiled_dequantizer",
+    "decode_native",
     "dequantize_codes",
     "dequantize_nf4",
     "dequantize_packed_rows",
     "derive_nf4_table",
     "dynamic_map_8bit",
     "fused_dequantize",
+    "native_decoder",
     "quantize_codes",
     "quantize_nf4",
 ]
@@ -253,6 +266,9 @@ class NF4QuantState:
         if self.absmax_scale is None:
             return self.absmax
         assert self.absmax_offset is not None
+        lib = native_decoder() if self.absmax.device.type == "cpu" else None
+        if lib is not None:
+            return _decode_absmax_native(lib, self.absmax, self.absmax_scale, float(self.absmax_offset))
         decoded = dequantize_codes(
             self.absmax, self.absmax_scale, _DYNAMIC_MAP, DQ_BLOCKSIZE
         )
@@ -399,6 +415,170 @@ def dequantize_packed_rows(
     return out
 
 
+# The CPU decode in C: one pass per byte, reading its two codes, looking up their levels,
+# scaling and writing them; with AVX-512 a permute looks up 16 levels from a table held in
+# one register. The products are the same IEEE float32 products as the eager path's.
+_DECODE_C = r"""
+#include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+void nf4_decode(const uint8_t *restrict packed, const float *restrict absmax,
+                const float *restrict table, float *restrict out,
+                int64_t nbytes, int64_t blocksize) {
+  const int64_t half = blocksize / 2;
+#ifdef __AVX512F__
+  const __m512 levels = _mm512_loadu_ps(table);
+  const __m512i low = _mm512_set1_epi32(15);
+  const __m512i first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i second = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+#endif
+  for (int64_t start = 0; start < nbytes; start += half) {
+    const float s = absmax[start / half];
+    const int64_t stop = start + half < nbytes ? start + half : nbytes;
+    int64_t i = start;
+#ifdef __AVX512F__
+    const __m512 scale = _mm512_set1_ps(s);
+    for (; i + 16 <= stop; i += 16) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(packed + i)));
+      const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), levels), scale);
+      const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(v, low), levels), scale);
+      _mm512_storeu_ps(out + 2 * i, _mm512_permutex2var_ps(hi, first, lo));
+      _mm512_storeu_ps(out + 2 * i + 16, _mm512_permutex2var_ps(hi, second, lo));
+    }
+#endif
+    for (; i < stop; ++i) {
+      out[2 * i] = table[packed[i] >> 4] * s;
+      out[2 * i + 1] = table[packed[i] & 15] * s;
+    }
+  }
+}
+
+/* Double quantization: absmax[i] = map[codes[i]] * scales[i / group] + offset, rounded after
+   the product and after the sum, as the eager ops do (built with -ffp-contract=off). */
+void dq_absmax(const uint8_t *restrict codes, const float *restrict map, const float *restrict scales,
+               float offset, float *restrict out, int64_t n, int64_t group) {
+  for (int64_t i = 0; i < n; ++i) out[i] = map[codes[i]] * scales[i / group] + offset;
+}
+"""
+
+# Below this many bytes a second thread costs more than it saves.
+_MIN_PARALLEL_BYTES = 1 << 16
+
+
+@functools.lru_cache(maxsize=1)
+def native_decoder() -> ctypes.CDLL | None:
+    """The C decode kernels built for this CPU, or None (then the eager path decodes).
+
+    Plain C without torch headers compiles in about 0.3 s, so it is built once per process,
+    in a private temporary directory, with the system C compiler; there is no disk cache to
+    trust or invalidate. None when there is no compiler, compiling fails, or the
+    environment sets ``RAGTUNE_NF4_NATIVE=0``.
+    """
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if os.environ.get("RAGTUNE_NF4_NATIVE") == "0" or compiler is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ragtune-nf4-") as tmp:
+        source, library = Path(tmp) / "nf4.c", Path(tmp) / "nf4.so"
+        source.write_text(_DECODE_C)
+        command = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC"]
+        try:
+            subprocess.run([*command, "-o", str(library), str(source)], check=True, capture_output=True, timeout=120)
+            lib = ctypes.CDLL(str(library))
+        except (OSError, subprocess.SubprocessError):
+            return None
+    lib.nf4_decode.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 2
+    lib.nf4_decode.restype = None
+    lib.dq_absmax.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int64] * 2
+    lib.dq_absmax.restype = None
+    return lib
+
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _workers() -> ThreadPoolExecutor:
+    """The decode threads; a forked child (which inherits no threads) makes its own."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="ragtune-nf4"))
+    return _POOL[1]
+
+
+def decode_native(
+    packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, out: torch.Tensor, threads: int | None = None
+) -> None:
+    """Decode packed NF4 (CPU, starting on a block boundary) into ``out`` with the C kernel.
+
+    ``out`` is contiguous float32 with room for ``2 * packed.numel()`` values. The bytes
+    are split in whole blocks over ``threads`` threads (default ``torch.get_num_threads()``;
+    ctypes releases the GIL), so the page faults of a fresh ``out`` are taken on all of them.
+    """
+    lib = native_decoder()
+    if lib is None:
+        raise RuntimeError("the native NF4 decoder is not available")
+    packed, absmax = packed.contiguous(), absmax.float().contiguous()
+    nbytes, half = packed.numel(), check_blocksize(blocksize) // 2
+    # The kernel trusts its pointers: check everything it will read and write.
+    if any(t.device.type != "cpu" for t in (packed, absmax, out)) or packed.dtype != torch.uint8:
+        raise ValueError("decode_native takes uint8 codes and float32 tensors on the CPU")
+    if absmax.numel() < -(-nbytes // half):
+        raise ValueError(f"{nbytes} packed bytes need {-(-nbytes // half)} absmax values; got {absmax.numel()}")
+    if out.dtype != torch.float32 or not out.is_contiguous() or out.numel() < 2 * nbytes:
+        raise ValueError("out must be contiguous float32 with two values per packed byte")
+    threads = torch.get_num_threads() if threads is None else threads
+    parts = max(1, min(threads, nbytes // _MIN_PARALLEL_BYTES))
+    step = max(half, -(-nbytes // parts // half) * half)
+
+    def run(start: int) -> None:
+        stop = min(nbytes, start + step)
+        lib.nf4_decode(
+            packed.data_ptr() + start,
+            absmax.data_ptr() + 4 * (start // half),
+            NF4_TABLE.data_ptr(),
+            out.data_ptr() + 8 * start,
+            stop - start,
+            blocksize,
+        )
+
+    futures = [_workers().submit(run, start) for start in range(step, nbytes, step)]
+    run(0)
+    for future in futures:
+        future.result()
+
+
+def _decode_absmax_native(lib: ctypes.CDLL, codes: torch.Tensor, scales: torch.Tensor, offset: float) -> torch.Tensor:
+    """The double-quantized absmax constants decoded by one serial C loop.
+
+    The eager ops would leave their OpenMP threads spinning on the cores that the decode
+    threads need next: measured +5 ms on a 4096x4096 weight, 2 threads.
+    """
+    codes, scales = codes.contiguous(), scales.float().contiguous()
+    if codes.dtype != torch.uint8 or scales.numel() * DQ_BLOCKSIZE < codes.numel():
+        raise ValueError("absmax must be uint8 codes with one scale per 256 of them")
+    out = torch.empty(codes.numel())
+    lib.dq_absmax(
+        codes.data_ptr(), _DYNAMIC_MAP.data_ptr(), scales.data_ptr(), offset, out.data_ptr(), codes.numel(), DQ_BLOCKSIZE
+    )
+    return out
+
+
+def _decode_in_chunks(packed: torch.Tensor, absmax: torch.Tensor, bs: int, out: torch.Tensor) -> None:
+    """The eager decode (any device), a chunk of about a million weights at a time."""
+    lut = NF4_BYTE_LUT.to(packed.device)
+    padded = out.numel()
+    step = max(1, _CHUNK_ELEMENTS // bs) * bs
+    index = torch.empty(min(step, padded) // 2, dtype=torch.int32, device=packed.device)
+    pairs = torch.empty(index.numel(), dtype=torch.int64, device=packed.device)
+    for start in range(0, padded, step):
+        stop = min(start + step, padded)
+        b0 = start // bs
+        dequantize_packed_rows(
+            packed[start // 2 : stop // 2], absmax[b0 : -(-stop // bs)], bs, index, pairs, lut, out[start:stop]
+        )
+
+
 def dequantize_nf4(
     packed: torch.Tensor, state: NF4QuantState, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
@@ -421,18 +601,12 @@ def dequantize_nf4(
     packed = packed.reshape(-1)
     absmax = state.block_absmax().to(packed.device)
     bs = state.blocksize
-    lut = NF4_BYTE_LUT.to(packed.device)
     padded = n + n % 2
     out = torch.empty(padded, dtype=torch.float32, device=packed.device)
-    step = max(1, _CHUNK_ELEMENTS // bs) * bs
-    index = torch.empty(min(step, padded) // 2, dtype=torch.int32, device=packed.device)
-    pairs = torch.empty(index.numel(), dtype=torch.int64, device=packed.device)
-    for start in range(0, padded, step):
-        stop = min(start + step, padded)
-        b0 = start // bs
-        dequantize_packed_rows(
-            packed[start // 2 : stop // 2], absmax[b0 : -(-stop // bs)], bs, index, pairs, lut, out[start:stop]
-        )
+    if packed.device.type == "cpu" and native_decoder() is not None:
+        decode_native(packed, absmax, bs, out)
+    else:
+        _decode_in_chunks(packed, absmax, bs, out)
     out = out[:n].view(state.shape)
     return out if dtype == torch.float32 else out.to(dtype)
 
