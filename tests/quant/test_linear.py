@@ -26,6 +26,7 @@ from .conftest import tiny_llama
     [(64, 48, True, 64), (96, 50, False, 64), (77, 33, True, 32), (5, 3, True, 32)],
 )
 @pytest.mark.parametrize("tile", [64, 1 << 19])
+@pytest.mark.parametrize("rows", [4, 64])  # 12 and 192 input rows: both forward layouts
 def test_forward_and_input_gradient_match_the_dense_weight(
     monkeypatch: pytest.MonkeyPatch,
     decoder: str,
@@ -34,16 +35,18 @@ def test_forward_and_input_gradient_match_the_dense_weight(
     bias: bool,
     blocksize: int,
     tile: int,
+    rows: int,
 ) -> None:
     # tile=64 forces many tiny tiles, each decoding whole blocks that straddle rows
     monkeypatch.setattr(linear_mod, "_TILE_ELEMENTS", tile)
     dense = nn.Linear(in_features, out_features, bias=bias)
     layer = NF4Linear.from_linear(dense, blocksize=blocksize)
     w = layer.dequantize()
-    x = torch.randn(3, 4, in_features, requires_grad=True)
+    x = torch.randn(3, rows, in_features, requires_grad=True)
     y = layer(x)
     ref = nn.functional.linear(x, w, layer.bias)
-    assert y.shape == (3, 4, out_features)
+    assert y.shape == (3, rows, out_features)
+    assert y.is_contiguous()  # a strided output sends attention kernels down slow paths
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(y)
     (gx,) = torch.autograd.grad(y, x, grad)
