@@ -62,7 +62,11 @@ def _print_json(payload: Any) -> None:
 @app.callback()
 def _root(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (same as RAGTUNE_CONFIG).")] = None,
+    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
 ) -> None:
+    # The `deepspeed` launcher passes --local_rank=N right after the module name; the rank
+    # itself is read from LOCAL_RANK, which it sets too.
+    del local_rank
     if config is not None:
         if not config.is_file():
             raise UsageError(f"--config {config}: no such file")

@@ -1,5 +1,6 @@
 """DeepSpeed runs the distributed training: its config comes from the batch plan, and a
-2-process ZeRO-2 run (gloo, on CPU) reproduces the 1-process run's losses."""
+2-process ZeRO run (gloo, on CPU; torchrun or the deepspeed launcher) reproduces the
+1-process run's losses."""
 
 from __future__ import annotations
 
@@ -44,28 +45,35 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+LAUNCHERS = {
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    # the `deepspeed` launcher passes --local_rank=N before the subcommand
+    "deepspeed": [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--module", "--master_port"],
+}
+
+
 @pytest.mark.slow
-def test_two_process_zero2_matches_one_process_with_the_same_global_batch(tmp_path, make_config):
-    # Same global batch of 8: one process accumulates 4 micro-batches of 2, two ZeRO-2
+@pytest.mark.parametrize(("launcher", "stage"), [("torchrun", 2), ("deepspeed", 1)])
+def test_two_process_zero_run_matches_one_process_with_the_same_global_batch(tmp_path, make_config, launcher, stage):
+    # Same global batch of 8: one process accumulates 4 micro-batches of 2, two ZeRO
     # processes accumulate 2 each. Exact token weighting must survive DeepSpeed's own
     # 1/accumulation scaling and its averaging over ranks.
     common = {"global_batch": 8, "micro_batch": 2, "max_steps": 4, "lora_dropout": 0.0, "save_every": 0}
     single = make_config("single", **common)
     train(single)
 
-    distributed = make_config("zero2", deepspeed=2, **common)
-    path = tmp_path / "zero2.yaml"
+    distributed = make_config("zero", deepspeed=stage, **common)
+    path = tmp_path / "zero.yaml"
     path.write_text(yaml.safe_dump(json.loads(distributed.model_dump_json())))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        "-m", "ragtune.cli", "finetune", str(path),
-    ]
+    module = ["-m", "ragtune.cli"] if launcher == "torchrun" else ["ragtune.cli"]
+    command = [*LAUNCHERS[launcher], str(_free_port()), *module, "finetune", str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 8 = micro batch 2 × devices 2 × grad accumulation steps 2" in result.stderr
 
     ds = json.loads((distributed.output_dir / "deepspeed.json").read_text())
     assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 2)
+    assert ds["zero_optimization"]["stage"] == stage
     one, two = _losses(single.output_dir), _losses(distributed.output_dir)
     assert len(one) == len(two) == 4 and one[-1] < one[0]
     assert max(abs(a - b) for a, b in zip(one, two)) <= 1e-4

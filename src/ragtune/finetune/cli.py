@@ -103,14 +103,12 @@ def run(
     set_: Annotated[list[str], typer.Option("--set", help="Any other config key: --set eval_every=20.")] = [],  # noqa: B006
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in output_dir.")] = False,
     merge: Annotated[bool, typer.Option("--merge", help="Also write the adapter merged into the base: output_dir/merged.")] = False,
-    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
 ) -> None:
     """Fine-tune the answering model with QLoRA; the adapter lands in output_dir/adapter."""
     from ragtune.finetune.batching import BatchPlanError
     from ragtune.finetune.config import ConfigError, FinetuneConfig
     from ragtune.finetune.data import DataError
 
-    del local_rank  # the `deepspeed` launcher passes it; the rank comes from LOCAL_RANK
     overrides = {
         "model": model, "data": data, "output_dir": output_dir, "global_batch": global_batch,
         "micro_batch": micro_batch, "grad_accum_steps": grad_accum_steps, "devices": devices,
