@@ -130,3 +130,22 @@ def test_collate_left_pads_and_counts_positions_from_each_start(tiny_model_dir):
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, -100]]
+
+
+def test_jsonl_rows_retrieve_their_chunks_from_a_ragtune_index(tmp_path, sample_dir, settings, embedder, make_config):
+    from ragtune.finetune.trainer import _retriever
+    from ragtune.rag import Pipeline
+
+    with Pipeline.from_settings(settings, embedder=embedder) as pipeline:
+        pipeline.ingestor.ingest_paths([sample_dir])
+    question = "What is the default chunk overlap in characters?"
+    config = make_config(index=str(settings.data_dir))
+    retrieve, close = _retriever(config)
+    try:
+        [built] = build_rag_examples([QAExample(question, "200")], retrieve, top_k=3)
+    finally:
+        close()
+    assert len(built.hits) == 3 and all(h.source.startswith(str(sample_dir)) for h in built.hits)
+    # no gold context: the first retrieved chunk that holds the answer is cited
+    first = next(n for n, h in enumerate(built.hits, start=1) if "200" in h.text)
+    assert built.cited == (first,) and built.target == f"200 [{first}]."

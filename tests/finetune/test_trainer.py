@@ -173,3 +173,18 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, make_config):
     assert f"(step {stopped_at})" in resumed.stderr
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if "loss" in json.loads(line)]
     assert steps == list(range(1, stopped_at + 3))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("cosine", [0.25, 0.5, 0.75, 1.0, 0.5, 0.0]),  # warmup 3, then half a cosine over 2 steps
+        ("linear", [0.25, 0.5, 0.75, 1.0, 0.5, 0.0]),
+        ("constant", [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_learning_rate_warms_up_then_follows_the_schedule(make_config, schedule, expected):
+    from ragtune.finetune.trainer import lr_factor
+
+    factor = lr_factor(make_config(schedule=schedule, warmup_steps=3, max_steps=5))
+    assert [round(factor(step), 6) for step in range(6)] == expected
