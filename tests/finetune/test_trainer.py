@@ -137,6 +137,54 @@ def test_bad_config_exits_2_with_the_key_named(tmp_path, make_config, extra, mes
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_bad_set_value_and_bad_data_rows_exit_2(tmp_path, make_config):
+    path = tmp_path / "run.yaml"
+    _write_config(path, make_config())
+    result = _cli(str(path), "--set", "target_modules=[q_proj")
+    assert result.returncode == 2 and "--set target_modules=[q_proj: the value is not valid YAML" in result.stderr
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n')
+    result = _cli(str(path), "--data", str(bad))
+    assert result.returncode == 2 and "bad.jsonl:2: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_new_run_will_not_mix_with_an_earlier_runs_checkpoints(make_config):
+    from ragtune.finetune.config import ConfigError
+
+    train(make_config(max_steps=2, save_every=1))
+    with pytest.raises(ConfigError, match="already holds checkpoints .* pass --resume"):
+        train(make_config(max_steps=2))
+    with pytest.raises(ConfigError, match=r"other settings \(lora_r: 16 -> 4\)"):
+        train(make_config(max_steps=3, lora_r=4), resume=True)
+    assert train(make_config(max_steps=3), resume=True).steps == 3  # max_steps may change
+
+
+def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
+    # Under ZeRO-3 each forward pass is collective: a process with fewer passes hangs the rest.
+    from ragtune.finetune import trainer
+    from ragtune.finetune.data import TokenizedExample
+    from ragtune.finetune.deepspeed import Processes
+
+    class Forward:
+        def eval(self):
+            pass
+
+        def train(self):
+            pass
+
+    examples = [TokenizedExample([1, 2, 3], [-100, 2, 3])] * 5
+    calls = []
+    monkeypatch.setattr(trainer, "summed_token_loss", lambda forward, batch: calls.append(len(batch["input_ids"])) or torch.tensor(1.0))
+    passes = {}
+    for rank in (0, 1):
+        calls.clear()
+        trainer.evaluate(Forward(), examples, 2, 0, Processes(rank, 2, rank, False), torch.device("cpu"))
+        passes[rank] = list(calls)
+    # rank 0 holds examples 0, 2, 4; rank 1 holds 1, 3 and adds a zero-weighted pass
+    assert passes == {0: [2, 1], 1: [2, 1]}
+
+
 def test_flags_override_the_config_file(tmp_path, make_config):
     path = tmp_path / "run.yaml"
     config = make_config(max_steps=50)

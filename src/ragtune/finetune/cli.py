@@ -71,7 +71,10 @@ def _parse_set(pairs: list[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise _fail(f"--set takes KEY=VALUE, got {pair!r}")
-        values[key.strip()] = yaml.safe_load(raw)  # YAML scalars: 3, 0.1, true, [a, b]
+        try:
+            values[key.strip()] = yaml.safe_load(raw)  # YAML scalars: 3, 0.1, true, [a, b]
+        except yaml.YAMLError as exc:
+            raise _fail(f"--set {pair}: the value is not valid YAML ({exc})") from None
     return values
 
 

@@ -86,8 +86,26 @@ class FinetuneConfig(BaseModel):
         if self.offload_optimizer != "none" and self.deepspeed == 0:
             raise ValueError("offload_optimizer needs deepspeed 1, 2 or 3")
         if self.quant == "bnb" and self.deepspeed == 3:
-            raise ValueError("quant: bnb cannot be sharded by ZeRO-3; use quant: nf4 or deepspeed 1-2")
+            raise ValueError(
+                "quant: bnb cannot be sharded by ZeRO-3; use deepspeed 1-2, or quant: nf4 (ZeRO-3 then "
+                "shards the embeddings, norms and LoRA weights; the NF4 codes stay whole on every device)"
+            )
+        if self.offload_optimizer != "none" and self.optimizer == "adamw8bit":
+            raise ValueError("offload_optimizer uses DeepSpeed's CPU Adam; it cannot run optimizer: adamw8bit")
         return self
+
+    def check_installed(self) -> None:
+        """The optional packages this run needs are importable (ConfigError says what to install)."""
+        import importlib.util
+
+        needs = []
+        if self.deepspeed:
+            needs.append(("deepspeed", "deepspeed"))
+        if self.quant == "bnb" or self.optimizer == "adamw8bit":
+            needs.append(("bitsandbytes", "quant: bnb and optimizer: adamw8bit"))
+        for module, feature in needs:
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"{feature} needs the {module} package: pip install 'ragtune[finetune]' (with DS_BUILD_OPS=0)")
 
     def batch_plan(self, world_size: int) -> BatchPlan:
         """The plan for ``world_size`` processes (``devices``, when set, must match it).

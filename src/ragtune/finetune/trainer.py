@@ -205,17 +205,23 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any, processes: Processe
     cache = config.output_dir / "examples.jsonl"
     stamp = config.output_dir / "examples.fingerprint"
     fingerprint = data_fingerprint(config.data, config.top_k, config.index, config.seed)
+    failure: DataError | None = None
     if processes.is_main and not (cache.is_file() and stamp.is_file() and stamp.read_text() == fingerprint):
-        raw = read_examples(config.data)
-        retrieve, close = _retriever(config)
         try:
-            built = build_rag_examples(raw, retrieve, config.top_k, config.seed)
-        finally:
-            close()
-        save_rag_examples(built, cache)
-        stamp.write_text(fingerprint)
-        _say(f"built {len(built)} RAG examples from {len(raw)} rows of {config.data} -> {cache}")
-    barrier(processes)
+            raw = read_examples(config.data)
+            retrieve, close = _retriever(config)
+            try:
+                built = build_rag_examples(raw, retrieve, config.top_k, config.seed)
+            finally:
+                close()
+            save_rag_examples(built, cache)
+            stamp.write_text(fingerprint)
+            _say(f"built {len(built)} RAG examples from {len(raw)} rows of {config.data} -> {cache}")
+        except DataError as exc:
+            failure = exc
+    # The other processes wait for rank 0 here: tell them when it failed, or they wait forever.
+    if all_sum([float(failure is not None)], processes)[0]:
+        raise failure or DataError(f"rank 0 could not build the examples from {config.data}; see its message")
     rag = load_rag_examples(cache)
     tokenized = [tokenize_example(e, tokenizer, config.max_seq_len) for e in rag]
     kept = [t for t in tokenized if t is not None]
@@ -280,6 +286,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Settings a resumed run may change: when to stop, save, log and evaluate, and where it runs.
+_RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every", "eval_every", "output_dir", "cache_dir", "devices"}
+
+
+def _run_defining(config: FinetuneConfig) -> dict[str, Any]:
+    """The settings a checkpoint belongs to (a resume must keep them)."""
+    return {k: v for k, v in json.loads(config.model_dump_json()).items() if k not in _RESUMABLE_CHANGES}
+
+
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint in ``output_dir/checkpoints`` (None when there is none)."""
     root = output_dir / CHECKPOINTS
@@ -311,7 +326,7 @@ def save_checkpoint(step: int, trainable: TrainableModel, optimizer: Any, schedu
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
     barrier(processes)
-    state = {"step": step, "sampler": sampler.state_dict(), "rng": _rng_state()}
+    state = {"step": step, "sampler": sampler.state_dict(), "rng": _rng_state(), "config": _run_defining(config)}
     if engine is not None:
         # DeepSpeed saves its own (sharded) optimizer and schedule; every rank writes its shard.
         engine.save_checkpoint(str(partial), tag="deepspeed", client_state={"step": step}, exclude_frozen_parameters=True)
@@ -330,7 +345,7 @@ def save_checkpoint(step: int, trainable: TrainableModel, optimizer: Any, schedu
     return final
 
 
-def load_checkpoint(checkpoint: Path, trainable: TrainableModel, optimizer: Any, scheduler: Any, engine: Any, sampler: StepSampler, processes: Processes) -> int:
+def load_checkpoint(checkpoint: Path, trainable: TrainableModel, optimizer: Any, scheduler: Any, engine: Any, sampler: StepSampler, processes: Processes, config: FinetuneConfig) -> int:
     """Restore what `save_checkpoint` wrote; returns the step it was taken after."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -342,6 +357,10 @@ def load_checkpoint(checkpoint: Path, trainable: TrainableModel, optimizer: Any,
             "resume with the same number of processes"
         )
     state = torch.load(checkpoint / f"rank{processes.rank}-{STATE_FILE}", weights_only=False)
+    changed = {k: (v, now) for k, v in state["config"].items() if (now := _run_defining(config).get(k)) != v}
+    if changed:
+        described = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ConfigError(f"{checkpoint} was trained with other settings ({described}); resume with the same ones or start a new output_dir")
     if engine is not None:
         engine.load_checkpoint(str(checkpoint), tag="deepspeed", load_module_strict=False)
     else:
@@ -383,6 +402,14 @@ class _StopOnSignal:
 # --- logs -------------------------------------------------------------------------------
 
 
+def _parsed(line: str) -> dict[str, Any] | None:
+    """A metrics line, or None for one a crash cut short."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
 class MetricsLog:
     """``metrics.jsonl`` in output_dir: one line per logged step (and per eval). A resumed
     run first drops the lines after its checkpoint, so the log reads as one run."""
@@ -390,8 +417,10 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path, self.enabled = path, enabled
         if enabled and path.is_file():
-            lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in lines))
+            kept = "".join(line + "\n" for line in path.read_text().splitlines() if (row := _parsed(line)) and row["step"] <= resume_step)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(kept)
+            tmp.replace(path)
 
     def write(self, **row: Any) -> None:
         if self.enabled:
@@ -407,7 +436,7 @@ class MetricsLog:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = [row for line in self.path.read_text().splitlines() if (row := _parsed(line))]
         train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
         held = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -443,9 +472,14 @@ def evaluate(forward: Any, examples: Sequence[TokenizedExample], micro_batch: in
         return None
     forward.eval()
     mine = list(examples[processes.rank :: processes.world_size])
+    # Every process runs the same number of forward passes: under ZeRO-3 each one gathers
+    # parameters from all processes, so a process with fewer would leave the others waiting.
+    passes = -(-(-(-len(examples) // processes.world_size)) // micro_batch)
     loss = 0.0
-    for start in range(0, len(mine), micro_batch):
-        loss += float(summed_token_loss(forward, _to(collate(mine[start : start + micro_batch], pad_id), device)))
+    for n in range(passes):
+        chunk = mine[n * micro_batch : (n + 1) * micro_batch]
+        weight = 1.0 if chunk else 0.0  # an idle process takes part with a zero-weighted pass
+        loss += weight * float(summed_token_loss(forward, _to(collate(chunk or examples[:1], pad_id), device)))
     forward.train()
     total_loss, total_tokens = all_sum([loss, float(sum(e.target_tokens for e in mine))], processes)
     return total_loss / total_tokens
@@ -466,13 +500,21 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
     """Run (or with ``resume`` continue) the fine-tuning described by ``config``."""
     from tqdm import tqdm
 
-    if not Path(config.data).expanduser().exists():  # fail before minutes of model loading
+    # Fail before minutes of model loading.
+    if not Path(config.data).expanduser().exists():
         raise DataError(f"training data {config.data} not found: give a .jsonl file or a BEIR dataset directory")
+    config.check_installed()
     processes = init_processes(config.deepspeed > 0)
     plan = config.batch_plan(processes.world_size)
     device = processes.device()
     out = config.output_dir
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None and not resume:
+        # Pruning keeps the newest step numbers: an old run's checkpoints would outlive this run's.
+        raise ConfigError(
+            f"{out} already holds checkpoints ({checkpoint.name}) of an earlier run: pass --resume to "
+            "continue it, or choose another output_dir"
+        )
     if resume and checkpoint is None:
         _say(f"--resume: no checkpoint in {out / CHECKPOINTS}; starting from step 0")
     if processes.is_main:
@@ -523,7 +565,7 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
 
     step = 0
     if checkpoint is not None:
-        step = load_checkpoint(checkpoint, trainable, optimizer, scheduler, engine, sampler, processes)
+        step = load_checkpoint(checkpoint, trainable, optimizer, scheduler, engine, sampler, processes, config)
         if processes.is_main:
             _say(f"resumed from {checkpoint} (step {step})")
     log = MetricsLog(out / "metrics.jsonl", processes.is_main, step)
