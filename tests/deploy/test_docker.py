@@ -6,13 +6,14 @@ from __future__ import annotations
 import fnmatch
 import http.server
 import re
-import socket
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.api.support import free_port
 
 from .deploytools import DOCKER, REPO, clean_env, run, tool
 
@@ -180,12 +181,6 @@ def server() -> Iterator[int]:
     httpd.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_healthcheck_script(server: int) -> None:
     def check(target: str) -> tuple[int, str]:
         result = run([sys.executable, str(HEALTHCHECK), target], timeout=30)
@@ -194,7 +189,7 @@ def test_healthcheck_script(server: int) -> None:
     assert check(f"http://127.0.0.1:{server}/health") == (0, "")
     rc, err = check(f"http://127.0.0.1:{server}/ready")
     assert rc == 1 and "HTTP 503" in err
-    closed = _free_port()
+    closed = free_port()
     assert check(f"http://127.0.0.1:{closed}/health")[0] == 1
     assert check(f"tcp://127.0.0.1:{server}") == (0, "")
     rc, err = check(f"tcp://127.0.0.1:{closed}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.api.support import free_port
 
 from .deploytools import (
     DASHBOARD,
@@ -175,12 +176,6 @@ def test_grafana_provisioning_matches_compose() -> None:
 
 # --- metric names: a running server ------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -194,7 +189,7 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> str:
     """/metrics of `ragtune serve` started for real on a free loopback port."""
     if importlib.util.find_spec("ragtune.api") is None:
         pytest.skip("ragtune.api (the service, issue 3) does not exist yet: no server to scrape")
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path_factory.mktemp("serve-data")
     env = clean_env(RAGTUNE_DATA_DIR=str(data_dir), RAGTUNE_TORCH_THREADS="1",
                     HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import yaml
 from ragtune.finetune.batching import plan_batch
 from ragtune.finetune.deepspeed import deepspeed_config
 from ragtune.finetune.trainer import train
+from tests.api.support import free_port
 
 
 def test_deepspeed_config_takes_its_batch_keys_from_the_plan(make_config):
@@ -32,12 +32,6 @@ def test_deepspeed_config_takes_its_batch_keys_from_the_plan(make_config):
 
     plain = deepspeed_config(make_config(deepspeed=2), plan_batch(global_batch=8, micro_batch=2, devices=2), torch.float32)
     assert "optimizer" not in plain and "offload_optimizer" not in plain["zero_optimization"] and not plain["bf16"]["enabled"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run_dir) -> list[float]:
@@ -66,7 +60,7 @@ def test_two_process_zero_run_matches_one_process_with_the_same_global_batch(tmp
     path = tmp_path / "zero.yaml"
     path.write_text(yaml.safe_dump(json.loads(distributed.model_dump_json())))
     module = ["-m", "ragtune.cli"] if launcher == "torchrun" else ["ragtune.cli"]
-    command = [*LAUNCHERS[launcher], str(_free_port()), *module, "finetune", str(path)]
+    command = [*LAUNCHERS[launcher], str(free_port()), *module, "finetune", str(path)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 8 = micro batch 2 × devices 2 × grad accumulation steps 2" in result.stderr

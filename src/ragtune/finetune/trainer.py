@@ -204,8 +204,9 @@ def prepare_examples(config: FinetuneConfig, tokenizer: Any, processes: Processe
     split off the held-out evaluation share (seeded)."""
     cache = config.output_dir / "examples.jsonl"
     stamp = config.output_dir / "examples.fingerprint"
-    fingerprint = data_fingerprint(config.data, config.top_k, config.index, config.seed)
     failure: DataError | None = None
+    # Only rank 0 builds, so only it reads the data to fingerprint it.
+    fingerprint = data_fingerprint(config.data, config.top_k, config.index, config.seed) if processes.is_main else ""
     if processes.is_main and not (cache.is_file() and stamp.is_file() and stamp.read_text() == fingerprint):
         try:
             raw = read_examples(config.data)
@@ -474,7 +475,7 @@ def evaluate(forward: Any, examples: Sequence[TokenizedExample], micro_batch: in
     mine = list(examples[processes.rank :: processes.world_size])
     # Every process runs the same number of forward passes: under ZeRO-3 each one gathers
     # parameters from all processes, so a process with fewer would leave the others waiting.
-    passes = -(-(-(-len(examples) // processes.world_size)) // micro_batch)
+    passes = math.ceil(math.ceil(len(examples) / processes.world_size) / micro_batch)
     loss = 0.0
     for n in range(passes):
         chunk = mine[n * micro_batch : (n + 1) * micro_batch]
