@@ -29,7 +29,6 @@ from ragtune.quant.nf4 import (
     NF4_BYTE_LUT,
     NF4QuantState,
     check_blocksize,
-    compiled_dequantizer,
     decode_native,
     dequantize_nf4,
     dequantize_packed_rows,
@@ -265,13 +264,6 @@ def _tiles(layer: NF4Linear) -> Iterable[tuple[int, int, torch.Tensor]]:
         yield r0, r1, values[: e1 - e0].view(r1 - r0, k)
 
 
-def _dense_weight(layer: NF4Linear, dtype: torch.dtype) -> torch.Tensor:
-    if layer.qweight.is_cuda:
-        state = layer.quant_state
-        return compiled_dequantizer()(layer.qweight, state.block_absmax(), state.blocksize, state.shape, dtype)
-    return layer.dequantize(dtype)
-
-
 class _NF4Matmul(torch.autograd.Function):
     """``x @ W.T`` and its input gradient, decoding W on the fly (W is never saved)."""
 
@@ -293,7 +285,7 @@ class _NF4Matmul(torch.autograd.Function):
             for r0, r1, w in _tiles(layer):
                 torch.mm(x, w.t(), out=out[:, r0:r1])
             return out
-        return x @ _dense_weight(layer, x.dtype).t()
+        return x @ layer.dequantize(x.dtype).t()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
@@ -305,7 +297,7 @@ class _NF4Matmul(torch.autograd.Function):
             for r0, r1, w in _tiles(layer):
                 grad_x.addmm_(grad[:, r0:r1], w)
             return grad_x, None
-        return grad @ _dense_weight(layer, grad.dtype), None
+        return grad @ layer.dequantize(grad.dtype), None
 
 
 @dataclass
