@@ -23,10 +23,11 @@ from .conftest import tiny_llama
 
 @pytest.mark.parametrize(
     ("in_features", "out_features", "bias", "blocksize"),
-    [(64, 48, True, 64), (96, 50, False, 64), (77, 33, True, 32), (5, 3, True, 32)],
+    [(64, 48, True, 64), (128, 51, False, 32), (96, 50, False, 64), (77, 33, True, 32), (5, 3, True, 32)],
 )
 @pytest.mark.parametrize("tile", [64, 1 << 19])
-@pytest.mark.parametrize("rows", [4, 64])  # 12 and 192 input rows: both forward layouts
+@pytest.mark.parametrize("rows", [4, 64])  # 12 and 192 input rows: both tile layouts
+@pytest.mark.parametrize("kernel", [True, False])
 def test_forward_and_input_gradient_match_the_dense_weight(
     monkeypatch: pytest.MonkeyPatch,
     decoder: str,
@@ -36,8 +37,12 @@ def test_forward_and_input_gradient_match_the_dense_weight(
     blocksize: int,
     tile: int,
     rows: int,
+    kernel: bool,
 ) -> None:
-    # tile=64 forces many tiny tiles, each decoding whole blocks that straddle rows
+    # kernel: the C decode-and-multiply for every row count where the weight allows it
+    # (in_features % blocksize == 0; 51 outputs leave a partial panel and an odd row);
+    # else decoded tiles, where tile=64 forces many tiny tiles whose blocks straddle rows
+    monkeypatch.setattr(linear_mod, "_KERNEL_ROWS_PER_THREAD", 1 << 20 if kernel else 0)
     monkeypatch.setattr(linear_mod, "_TILE_ELEMENTS", tile)
     dense = nn.Linear(in_features, out_features, bias=bias)
     layer = NF4Linear.from_linear(dense, blocksize=blocksize)

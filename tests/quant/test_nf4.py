@@ -192,6 +192,38 @@ def test_bad_inputs_are_named() -> None:
         dequantize_nf4(packed[:-1], state)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 33])  # every row tail of the 4-row tiles
+def test_decode_and_multiply_kernel_matches_decode_then_matmul(rows: int) -> None:
+    if nf4.native_decoder() is None:
+        pytest.skip("no C compiler here: NF4Linear decodes tiles with eager ops")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # 512x512 codes are 128 KiB: split over both threads
+    try:
+        for out_features, in_features, blocksize in [(512, 512, 64), (37, 96, 32), (3, 4096, 4096)]:
+            packed, state = quantize_nf4(torch.randn(out_features, in_features), blocksize)
+            x = torch.randn(rows, in_features)
+            got = nf4.linear_native(x, packed, state.block_absmax(), blocksize, out_features)
+            if got is None:
+                pytest.skip("this CPU lacks AVX2/FMA: NF4Linear decodes tiles instead")
+            expected = x @ dequantize_nf4(packed, state).t()
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_decode_and_multiply_kernel_refuses_what_it_cannot_do() -> None:
+    if nf4.native_decoder() is None:
+        pytest.skip("no C compiler here")
+    packed, state = quantize_nf4(torch.randn(8, 96), 64)
+    # rows of 96 weights do not start on 64-weight blocks: the caller decodes tiles instead
+    assert nf4.linear_native(torch.randn(2, 96), packed, state.block_absmax(), 64, 8) is None
+    packed, state = quantize_nf4(torch.randn(8, 64), 64)
+    with pytest.raises(ValueError, match="do not hold a"):
+        nf4.linear_native(torch.randn(2, 64), packed[:-1], state.block_absmax(), 64, 8)
+    with pytest.raises(ValueError, match="float32"):
+        nf4.linear_native(torch.randn(2, 64, dtype=torch.float64), packed, state.block_absmax(), 64, 8)
+
+
 @pytest.fixture
 def interpreted_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """The CUDA decode module imported under Triton's interpreter, which runs the same

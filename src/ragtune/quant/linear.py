@@ -32,6 +32,7 @@ from ragtune.quant.nf4 import (
     decode_native,
     dequantize_nf4,
     dequantize_packed_rows,
+    linear_native,
     native_decoder,
     quantize_nf4,
 )
@@ -55,6 +56,13 @@ WEIGHTS = "model.safetensors"
 # L2-sized ones until the tile no longer fits the last-level cache (with the C decode
 # too: 2 threads, 2M weights 7.8 ms, 512K 9.4 ms).
 _TILE_ELEMENTS = 1 << 21
+
+# Up to this many input rows per torch thread the forward multiplies inside the C decode
+# kernel (linear_native); more rows are faster as decoded tiles times torch.mm, whose GEMM
+# outruns the kernel's AVX2 loop once the serial tile decode is amortised. Measured on
+# 4096x4096 weights against dense F.linear: 2 threads, 16 rows 1.05x (tiles 1.66x), 24 rows
+# 1.25x (1.53x), 32 rows 1.52x (1.43x); 1 thread, 5 rows 1.02x (1.77x), 16 rows 1.03x (0.89x).
+_KERNEL_ROWS_PER_THREAD = 12
 
 # Below this many input rows the forward computes W x^T (see _NF4Matmul.forward); measured
 # on 4096x4096 weights the two layouts cost the same at about 256 rows.
@@ -271,6 +279,10 @@ class _NF4Matmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
         ctx.layer = layer
         if x.device.type == "cpu" and x.dtype == torch.float32:
+            if x.shape[0] <= _KERNEL_ROWS_PER_THREAD * torch.get_num_threads():
+                out = linear_native(x, layer.qweight, layer.quant_state.block_absmax(), layer.blocksize, layer.out_features)
+                if out is not None:
+                    return out
             # Row tiles of W, each used while it is still in cache. The output must be
             # row-major: a transposed one pushes attention downstream off its fast kernels
             # (measured: a SmolLM2 training step 1.7x slower). Few rows (decoding) are

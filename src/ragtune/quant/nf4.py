@@ -27,7 +27,9 @@ Double quantization stores the per-block fp32 absmax constants (32 bits per 64 w
 
 On CPU the decode runs in a small C kernel (:func:`native_decoder`, built with the system
 C compiler on first use), split over ``torch.get_num_threads()`` threads; without a
-compiler the same numbers come from eager PyTorch ops, about 1.3-2x slower. On CUDA it
+compiler the same numbers come from eager PyTorch ops, about 1.3-2x slower. A second C
+kernel (:func:`linear_native`) multiplies a few input rows by the weight while decoding it,
+for NF4Linear's forward. On CUDA it
 is one Triton kernel (:mod:`ragtune.quant.nf4_triton`), eager ops without Triton.
 
 >>> import torch
@@ -66,6 +68,7 @@ __all__ = [
     "byte_lut",
     "check_blocksize",
     "decode_native",
+    "linear_native",
     "dequantize_codes",
     "dequantize_nf4",
     "dequantize_packed_rows",
@@ -418,9 +421,10 @@ def dequantize_packed_rows(
     return out
 
 
-# The CPU decode in C: one pass per byte, reading its two codes, looking up their levels,
-# scaling and writing them; with AVX-512 a permute looks up 16 levels from a table held in
-# one register. The products are the same IEEE float32 products as the eager path's.
+# The CPU kernels in C. The decode: one pass per byte, reading its two codes, looking up
+# their levels, scaling and writing them; with AVX-512 a permute looks up 16 levels from a
+# table held in one register. The products are the same IEEE float32 products as the eager
+# path's. Then the decode-and-multiply for NF4Linear's forward on few rows.
 _DECODE_C = r"""
 #include <stdint.h>
 #ifdef __AVX512F__
@@ -462,8 +466,101 @@ void nf4_decode(const uint8_t *restrict packed, const float *restrict absmax,
    the product and after the sum, as the eager ops do (built with -ffp-contract=off). */
 void dq_absmax(const uint8_t *restrict codes, const float *restrict map, const float *restrict scales,
                float offset, float *restrict out, int64_t n, int64_t group) {
-  for (int64_t i = 0; i < n; ++i) out[i] = map[codes[i]] * scales[i / group] + offset;
+  for (int64_t g0 = 0; g0 < n; g0 += group) {
+    const float s = scales[g0 / group];
+    const int64_t g1 = g0 + group < n ? g0 + group : n;
+    for (int64_t i = g0; i < g1; ++i) out[i] = map[codes[i]] * s + offset;
+  }
 }
+
+/* The forward of NF4Linear for few input rows: out[i, j] = sum_c x[i, c] * W[j, c] for the W
+   rows j0 <= j < j1. W is decoded PANEL rows at a time into a buffer that stays in L2 and is
+   multiplied there, KC columns at a time so that x's and the panel's slices stay in L1; the
+   dense weight never exists. Hand-written because no PyTorch op multiplies while decoding:
+   decode-then-torch.mm leaves one core idle (the decode is serial per tile) and writes the
+   weight to memory once more. AVX2 and FMA only (x86-64-v3, both CPUs here); elsewhere it
+   returns -1 and NF4Linear takes the tiled path. Returns -2 when the buffer cannot be had.
+   The buffer (PANEL * k floats) stays allocated per calling thread for later calls.
+   The caller checks k % blocksize == 0: each panel starts on a block boundary, and k is a
+   multiple of 8 (blocks hold at least 32 weights), so no row has a partial vector. */
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#include <stdlib.h>
+#define PANEL 16
+#define KC 512
+
+static inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+/* acc[a][b] += x[a, c0:c1] . w[b, c0:c1] (8 lanes each) for mb <= 4 rows of x, nb <= 2 of w:
+   8 accumulators and 4 + 2 loads per 8 FMAs, inlined with constant mb and nb. */
+static inline __attribute__((always_inline)) void nf4_tile(const float *x, int64_t k, int mb,
+    const float *w, int nb, int64_t c0, int64_t c1, __m256 *acc) {
+  __m256 r[4][2];
+  for (int a = 0; a < mb; ++a) for (int b = 0; b < nb; ++b) r[a][b] = acc[a * PANEL + b];
+  for (int64_t c = c0; c < c1; c += 8) {
+    __m256 wv[2];
+    for (int b = 0; b < nb; ++b) wv[b] = _mm256_loadu_ps(w + b * k + c);
+    for (int a = 0; a < mb; ++a) {
+      const __m256 xv = _mm256_loadu_ps(x + a * k + c);
+      for (int b = 0; b < nb; ++b) r[a][b] = _mm256_fmadd_ps(xv, wv[b], r[a][b]);
+    }
+  }
+  for (int a = 0; a < mb; ++a) for (int b = 0; b < nb; ++b) acc[a * PANEL + b] = r[a][b];
+}
+
+static inline __attribute__((always_inline)) void nf4_rows_times_panel(const float *x, int64_t k,
+    int mb, const float *panel, int64_t rows, float *out, int64_t ldo) {
+  __m256 acc[4 * PANEL];
+  for (int t = 0; t < 4 * PANEL; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t c0 = 0; c0 < k; c0 += KC) {
+    const int64_t c1 = c0 + KC < k ? c0 + KC : k;
+    int64_t r = 0;
+    for (; r + 2 <= rows; r += 2) nf4_tile(x, k, mb, panel + r * k, 2, c0, c1, acc + r);
+    if (r < rows) nf4_tile(x, k, mb, panel + r * k, 1, c0, c1, acc + r);
+  }
+  for (int a = 0; a < mb; ++a)
+    for (int64_t r = 0; r < rows; ++r) out[a * ldo + r] = hsum256(acc[a * PANEL + r]);
+}
+
+int nf4_linear(const float *restrict x, int64_t m, int64_t k, const uint8_t *restrict packed,
+               const float *restrict absmax, const float *restrict table, int64_t blocksize,
+               float *restrict out, int64_t ldo, int64_t j0, int64_t j1) {
+  /* One decode buffer per thread, kept between calls, so no call pays its page faults. */
+  static __thread float *panel = NULL;
+  static __thread int64_t capacity = 0;
+  if (capacity < PANEL * k) {
+    free(panel);
+    /* cache-line aligned: malloc's 16-byte alignment splits every other load over two
+       lines (measured 1.2x slower) */
+    panel = aligned_alloc(64, sizeof(float) * PANEL * k);
+    capacity = panel == NULL ? 0 : PANEL * k;
+    if (panel == NULL) return -2;
+  }
+  for (int64_t p0 = j0; p0 < j1; p0 += PANEL) {
+    const int64_t rows = p0 + PANEL <= j1 ? PANEL : j1 - p0;
+    const int64_t e0 = p0 * k;
+    nf4_decode(packed + e0 / 2, absmax + e0 / blocksize, table, panel, rows * k / 2, blocksize);
+    int64_t i = 0;
+    for (; i + 4 <= m; i += 4) nf4_rows_times_panel(x + i * k, k, 4, panel, rows, out + i * ldo + p0, ldo);
+    switch (m - i) {
+      case 3: nf4_rows_times_panel(x + i * k, k, 3, panel, rows, out + i * ldo + p0, ldo); break;
+      case 2: nf4_rows_times_panel(x + i * k, k, 2, panel, rows, out + i * ldo + p0, ldo); break;
+      case 1: nf4_rows_times_panel(x + i * k, k, 1, panel, rows, out + i * ldo + p0, ldo); break;
+    }
+  }
+  return 0;
+}
+#else
+int nf4_linear(const float *x, int64_t m, int64_t k, const uint8_t *packed, const float *absmax,
+               const float *table, int64_t blocksize, float *out, int64_t ldo, int64_t j0, int64_t j1) {
+  return -1;
+}
+#endif
 """
 
 # Below this many bytes a second thread costs more than it saves.
@@ -495,6 +592,11 @@ def native_decoder() -> ctypes.CDLL | None:
     lib.nf4_decode.restype = None
     lib.dq_absmax.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int64] * 2
     lib.dq_absmax.restype = None
+    lib.nf4_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ] + [ctypes.c_int64] * 3
+    lib.nf4_linear.restype = ctypes.c_int
     return lib
 
 
@@ -549,6 +651,44 @@ def decode_native(
     run(0)
     for future in futures:
         future.result()
+
+
+def linear_native(
+    x: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, blocksize: int, out_features: int
+) -> torch.Tensor | None:
+    """``x @ W.T`` for a few rows of fp32 ``x`` (CPU), ``W`` decoded inside the C kernel.
+
+    ``packed`` and ``absmax`` (fp32 per block) hold the ``(out_features, x.shape[1])`` weight.
+    The weight's rows are split over ``torch.get_num_threads()`` threads (ctypes releases the
+    GIL). None where the kernel cannot run: no compiler, a CPU without AVX2 and FMA, or rows
+    that do not start on a block boundary (``in_features % blocksize``); then the caller
+    decodes tiles and multiplies them with ``torch.mm``.
+    """
+    lib = native_decoder()
+    m, k = x.shape
+    if lib is None or k % blocksize:
+        return None
+    x, packed, absmax = x.contiguous(), packed.contiguous(), absmax.float().contiguous()
+    # The kernel trusts its pointers: check everything it will read.
+    if any(t.device.type != "cpu" for t in (x, packed, absmax)) or x.dtype != torch.float32:
+        raise ValueError("linear_native takes float32 inputs on the CPU")
+    if packed.dtype != torch.uint8 or packed.numel() != out_features * k // 2 or absmax.numel() < out_features * k // blocksize:
+        raise ValueError(f"packed codes and absmax do not hold a ({out_features}, {k}) weight in blocks of {blocksize}")
+    out = torch.empty(m, out_features)
+    parts = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_PARALLEL_BYTES))
+    rows = -(-out_features // parts // 16) * 16  # whole panels of 16 rows per thread
+
+    def run(j0: int) -> int:
+        return lib.nf4_linear(
+            x.data_ptr(), m, k, packed.data_ptr(), absmax.data_ptr(), NF4_TABLE.data_ptr(),
+            blocksize, out.data_ptr(), out_features, j0, min(out_features, j0 + rows),
+        )
+
+    futures = [_workers().submit(run, j0) for j0 in range(rows, out_features, rows)]
+    codes = [run(0)] + [future.result() for future in futures]
+    if any(code == -2 for code in codes):
+        raise MemoryError("the NF4 kernel could not allocate its decode buffer")
+    return None if any(codes) else out
 
 
 def _decode_absmax_native(lib: ctypes.CDLL, codes: torch.Tensor, scales: torch.Tensor, offset: float) -> torch.Tensor:
