@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -19,7 +20,11 @@ from ragtune.quant.cli import quantize_app
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+# bitsandbytes (imported by peft, which sentence-transformers imports) warns on every start
+# that it cannot fetch an optional CPU kernel from the hub; ragtune never asks for it.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 app = typer.Typer(
     help="Answer questions over your documents with citations.",
@@ -242,8 +247,6 @@ app.add_typer(keys_app, name="keys")
 
 
 def _configure_logging() -> None:
-    import logging
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

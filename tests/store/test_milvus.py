@@ -39,6 +39,19 @@ def test_dense_bm25_filters_and_delete(store):
     assert store.count() == 1 and store.chunks("doc") == []
 
 
+def test_searching_an_empty_collection_finds_nothing(store):
+    # before anything is ingested, and again after everything is deleted
+    for _ in range(2):
+        assert store.search_bm25(["anything", "at all"], 5) == [[], []]
+        assert store.search_dense(np.ones((1, 3), dtype=np.float32), 5) == [[]]
+        store.insert([_chunk(0, "a first chunk")], np.ones((1, 3), dtype=np.float32))
+        assert [h.id for h in store.search_bm25(["first"], 5)[0]] == ["doc-00000"]
+        store.delete_documents(["doc"])
+    # another process emptied it after this one saw rows: Milvus' failure is caught too
+    store._seen_rows = True
+    assert store.search_bm25(["anything"], 5) == [[]]
+
+
 def test_filters_escape_quotes():
     expr = Filters(sources=('/x/"quoted".md',), tags=("a",)).expression()
     assert expr == 'source in ["/x/\\"quoted\\".md"] and ARRAY_CONTAINS_ANY(tags, ["a"])'

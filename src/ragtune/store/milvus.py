@@ -129,6 +129,7 @@ class MilvusStore:
         # Every call carries a deadline: without one pymilvus retries a dead server for minutes.
         self.timeout = timeout
         self._client = None
+        self._seen_rows = False  # see search_bm25
         self._lock: _LiteLock | None = None
         if not is_server_uri(uri):
             data_path = Path(uri).expanduser().resolve()
@@ -209,6 +210,7 @@ class MilvusStore:
     def delete_documents(self, doc_ids: Iterable[str]) -> None:
         ids = list(doc_ids)
         if ids:
+            self._seen_rows = False
             self._call(self._client.delete, self.collection, filter=Filters(doc_ids=tuple(ids)).expression())
 
     # --- reads ---------------------------------------------------------------------------
@@ -216,7 +218,22 @@ class MilvusStore:
         return self._search([v.tolist() for v in np.atleast_2d(vectors)], "dense", "COSINE", limit, filters)
 
     def search_bm25(self, queries: list[str], limit: int, filters: Filters | None = None) -> list[list[Hit]]:
-        return self._search(queries, "sparse", "BM25", limit, filters)
+        # BM25 divides by the collection's average chunk length: with no rows (nothing
+        # ingested yet, or everything deleted) Milvus builds a NaN query vector, logs an
+        # assertion and fails. Nothing indexed means nothing found, as the dense search
+        # says. Look before searching until rows have been seen (a count before every
+        # search would slow every query); the except covers another process emptying it.
+        if not self._seen_rows:
+            if self.count() == 0:
+                return [[] for _ in queries]
+            self._seen_rows = True
+        try:
+            return self._search(queries, "sparse", "BM25", limit, filters)
+        except StoreError as exc:
+            if "NaN or Inf" in str(exc) and self.count() == 0:
+                self._seen_rows = False
+                return [[] for _ in queries]
+            raise
 
     def _search(self, data: list[Any], field: str, metric: str, limit: int, filters: Filters | None) -> list[list[Hit]]:
         mode = "dense" if field == "dense" else "bm25"
