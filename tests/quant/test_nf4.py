@@ -214,6 +214,8 @@ def test_decode_and_multiply_kernel_matches_decode_then_matmul(rows: int) -> Non
 def test_decode_and_multiply_kernel_refuses_what_it_cannot_do() -> None:
     if nf4.native_decoder() is None:
         pytest.skip("no C compiler here")
+    with pytest.raises(ValueError, match="blocksize"):  # 2-weight blocks would read past x's rows
+        nf4.linear_native(torch.randn(1, 2), torch.zeros(1, dtype=torch.uint8), torch.ones(1), 2, 1)
     packed, state = quantize_nf4(torch.randn(8, 96), 64)
     # rows of 96 weights do not start on 64-weight blocks: the caller decodes tiles instead
     assert nf4.linear_native(torch.randn(2, 96), packed, state.block_absmax(), 64, 8) is None
@@ -222,6 +224,24 @@ def test_decode_and_multiply_kernel_refuses_what_it_cannot_do() -> None:
         nf4.linear_native(torch.randn(2, 64), packed[:-1], state.block_absmax(), 64, 8)
     with pytest.raises(ValueError, match="float32"):
         nf4.linear_native(torch.randn(2, 64, dtype=torch.float64), packed, state.block_absmax(), 64, 8)
+
+
+@pytest.mark.parametrize("default_dtype", [torch.float64, torch.float16])
+def test_native_kernels_write_float32_whatever_the_default_dtype(default_dtype: torch.dtype) -> None:
+    # their buffers are float32 by construction, not by torch's default dtype
+    from ragtune.quant.linear import NF4Linear
+
+    layer = NF4Linear.from_linear(torch.nn.Linear(256, 64, bias=False), 64, double_quant=True)
+    x = torch.randn(4, 256)
+    expected = x @ layer.dequantize().t()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(default_dtype)
+    try:
+        got = layer(x)
+    finally:
+        torch.set_default_dtype(previous)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture
@@ -254,6 +274,20 @@ def test_triton_decode_kernel_matches_the_cpu_decode(
             assert torch.allclose(got.float(), expected.float(), rtol=2**-7, atol=0)
         else:
             assert torch.equal(got, expected)
+
+
+def test_triton_decode_refuses_constants_that_do_not_cover_the_weights(interpreted_triton: ModuleType) -> None:
+    packed, state = quantize_nf4(torch.randn(64, 64), 32, double_quant=False)
+    decode = interpreted_triton.decode_nf4
+    with pytest.raises(ValueError, match="need 128 absmax values; got 64"):  # a wrong blocksize, say
+        decode(packed, state.absmax[:64], None, None, 32, state.numel, torch.float32)
+    with pytest.raises(ValueError, match="packed bytes"):
+        decode(packed[:-1], state.absmax, None, None, 32, state.numel, torch.float32)
+    with pytest.raises(ValueError, match="blocksize"):
+        decode(packed, state.absmax, None, None, 2, state.numel, torch.float32)
+    packed, state = quantize_nf4(torch.randn(512, 256), 32, double_quant=True)  # 4096 blocks: 16 scales
+    with pytest.raises(ValueError, match="one scale per 256"):
+        decode(packed, state.absmax, state.absmax_scale[:-1], state.absmax_offset, 32, state.numel, torch.float32)
 
 
 @pytest.fixture

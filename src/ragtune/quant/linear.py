@@ -121,10 +121,10 @@ class NF4Linear(nn.Module):
         if double_quant:
             self.register_buffer("absmax", torch.zeros(nblocks, dtype=torch.uint8, device=device))
             nscales = -(-nblocks // DQ_BLOCKSIZE)
-            self.register_buffer("absmax_scale", torch.zeros(nscales, device=device))
-            self.register_buffer("absmax_offset", torch.zeros((), device=device))
+            self.register_buffer("absmax_scale", torch.zeros(nscales, dtype=torch.float32, device=device))
+            self.register_buffer("absmax_offset", torch.zeros((), dtype=torch.float32, device=device))
         else:
-            self.register_buffer("absmax", torch.zeros(nblocks, device=device))
+            self.register_buffer("absmax", torch.zeros(nblocks, dtype=torch.float32, device=device))
             self.register_buffer("absmax_scale", None)
             self.register_buffer("absmax_offset", None)
         self.bias = (
@@ -239,7 +239,7 @@ def _tile_decoder(
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Decode up to ``nbytes`` packed bytes (whole blocks) into one buffer reused by every tile."""
     if native:
-        buffer = torch.empty(2 * nbytes, device=device)
+        buffer = torch.empty(2 * nbytes, dtype=torch.float32, device=device)
 
         def decode(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
             # One thread: a worker thread next to the matmul's OpenMP threads, which spin

@@ -87,10 +87,11 @@ DQ_BLOCKSIZE = 256
 NF4_OFFSET = round(1 - (1 / 30 + 1 / 32) / 2, 7)
 
 # Work on about a million weights at a time: temporaries stay in cache and memory bounded.
-# On a GPU each chunk costs kernel launches instead, so chunks are 64x larger there
-# (measured on an H200: a 4096x4096 quantize took 3.9 ms in 1M chunks).
+# On a GPU each chunk costs kernel launches instead, so chunks are 16x larger there, with
+# about 256 MB of temporaries (measured on an H200: a 4096x4096 quantize took 3.9 ms in
+# 1M chunks, 1.1 ms in one).
 _CHUNK_ELEMENTS = 1 << 20
-_GPU_CHUNK_ELEMENTS = 1 << 26
+_GPU_CHUNK_ELEMENTS = 1 << 24
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -527,6 +528,8 @@ static inline __attribute__((always_inline)) void nf4_rows_times_panel(const flo
     for (int64_t r = 0; r < rows; ++r) out[a * ldo + r] = hsum256(acc[a * PANEL + r]);
 }
 
+int nf4_linear_available(void) { return 1; }
+
 int nf4_linear(const float *restrict x, int64_t m, int64_t k, const uint8_t *restrict packed,
                const float *restrict absmax, const float *restrict table, int64_t blocksize,
                float *restrict out, int64_t ldo, int64_t j0, int64_t j1) {
@@ -556,6 +559,8 @@ int nf4_linear(const float *restrict x, int64_t m, int64_t k, const uint8_t *res
   return 0;
 }
 #else
+int nf4_linear_available(void) { return 0; }
+
 int nf4_linear(const float *x, int64_t m, int64_t k, const uint8_t *packed, const float *absmax,
                const float *table, int64_t blocksize, float *out, int64_t ldo, int64_t j0, int64_t j1) {
   return -1;
@@ -597,6 +602,8 @@ def native_decoder() -> ctypes.CDLL | None:
         ctypes.c_void_p,
     ] + [ctypes.c_int64] * 3
     lib.nf4_linear.restype = ctypes.c_int
+    lib.nf4_linear_available.argtypes = []
+    lib.nf4_linear_available.restype = ctypes.c_int
     return lib
 
 
@@ -660,21 +667,24 @@ def linear_native(
 
     ``packed`` and ``absmax`` (fp32 per block) hold the ``(out_features, x.shape[1])`` weight.
     The weight's rows are split over ``torch.get_num_threads()`` threads (ctypes releases the
-    GIL). None where the kernel cannot run: no compiler, a CPU without AVX2 and FMA, or rows
-    that do not start on a block boundary (``in_features % blocksize``); then the caller
-    decodes tiles and multiplies them with ``torch.mm``.
+    GIL). The output has no autograd history: NF4Linear's autograd function calls this.
+    None where the kernel cannot run: no compiler, a CPU without AVX2 and FMA, or rows that
+    do not start on a block boundary (``in_features % blocksize``); then the caller decodes
+    tiles and multiplies them with ``torch.mm``.
     """
     lib = native_decoder()
     m, k = x.shape
-    if lib is None or k % blocksize:
+    if lib is None or not lib.nf4_linear_available() or k % check_blocksize(blocksize):
         return None
+    if m == 0 or out_features == 0:
+        return torch.empty(m, out_features, dtype=torch.float32)
     x, packed, absmax = x.contiguous(), packed.contiguous(), absmax.float().contiguous()
     # The kernel trusts its pointers: check everything it will read.
     if any(t.device.type != "cpu" for t in (x, packed, absmax)) or x.dtype != torch.float32:
         raise ValueError("linear_native takes float32 inputs on the CPU")
     if packed.dtype != torch.uint8 or packed.numel() != out_features * k // 2 or absmax.numel() < out_features * k // blocksize:
         raise ValueError(f"packed codes and absmax do not hold a ({out_features}, {k}) weight in blocks of {blocksize}")
-    out = torch.empty(m, out_features)
+    out = torch.empty(m, out_features, dtype=torch.float32)
     parts = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_PARALLEL_BYTES))
     rows = -(-out_features // parts // 16) * 16  # whole panels of 16 rows per thread
 
@@ -700,7 +710,7 @@ def _decode_absmax_native(lib: ctypes.CDLL, codes: torch.Tensor, scales: torch.T
     codes, scales = codes.contiguous(), scales.float().contiguous()
     if codes.dtype != torch.uint8 or scales.numel() * DQ_BLOCKSIZE < codes.numel():
         raise ValueError("absmax must be uint8 codes with one scale per 256 of them")
-    out = torch.empty(codes.numel())
+    out = torch.empty(codes.numel(), dtype=torch.float32)
     lib.dq_absmax(
         codes.data_ptr(), _DYNAMIC_MAP.data_ptr(), scales.data_ptr(), offset, out.data_ptr(), codes.numel(), DQ_BLOCKSIZE
     )

@@ -19,13 +19,14 @@ checks it on a machine without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from ragtune.quant.nf4 import _DYNAMIC_MAP, DQ_BLOCKSIZE, NF4_TABLE
+from ragtune.quant.nf4 import _DYNAMIC_MAP, DQ_BLOCKSIZE, NF4_TABLE, check_blocksize
 
 __all__ = ["decode_nf4"]
 
@@ -87,32 +88,44 @@ def decode_nf4(
     ``absmax`` is fp32 per block, or with ``absmax_scale`` and ``absmax_offset`` (double
     quantization) uint8 codes in the dynamic 8-bit map. All tensors on one device.
     """
+    check_blocksize(blocksize)
     packed, absmax = packed.contiguous(), absmax.contiguous()
+    n_bytes = packed.numel()
+    # The kernel reads where the indices point: check every size it will read.
+    if n_bytes != -(-numel // 2):
+        raise ValueError(f"{numel} weights need {-(-numel // 2)} packed bytes; got {n_bytes}")
+    n_blocks = -(-numel // blocksize)
+    if absmax.numel() < n_blocks:
+        raise ValueError(f"{numel} weights in blocks of {blocksize} need {n_blocks} absmax values; got {absmax.numel()}")
     levels, dq_map = _device_tables(packed.device)
     double_quant = absmax_scale is not None
     if double_quant:
-        assert absmax_offset is not None
+        if absmax_offset is None or absmax.dtype != torch.uint8 or absmax_scale.numel() < -(-n_blocks // DQ_BLOCKSIZE):
+            raise ValueError("double quantization needs uint8 absmax codes, one scale per 256 of them, and the offset")
         scales, offset = absmax_scale.float().contiguous(), absmax_offset.float().reshape(1)
     else:
+        absmax = absmax.float()
         scales = offset = absmax  # unread: DOUBLE_QUANT is off
     out = torch.empty(numel, dtype=dtype, device=packed.device)
-    n_bytes = packed.numel()
     grid = (triton.cdiv(n_bytes, _BYTES_PER_PROGRAM),)
-    _decode_kernel[grid](
-        packed,
-        absmax,
-        levels,
-        dq_map,
-        scales,
-        offset,
-        out,
-        n_bytes,
-        numel,
-        HALF_BLOCK=blocksize // 2,
-        DOUBLE_QUANT=double_quant,
-        DQ_GROUP=DQ_BLOCKSIZE,
-        BYTES=_BYTES_PER_PROGRAM,
-        num_warps=4,
-        enable_fp_fusion=False,
-    )
+    # Triton launches on the current CUDA device; the tensors may live on another one.
+    on_device = torch.cuda.device(packed.device) if packed.is_cuda else contextlib.nullcontext()
+    with on_device:
+        _decode_kernel[grid](
+            packed,
+            absmax,
+            levels,
+            dq_map,
+            scales,
+            offset,
+            out,
+            n_bytes,
+            numel,
+            HALF_BLOCK=blocksize // 2,
+            DOUBLE_QUANT=double_quant,
+            DQ_GROUP=DQ_BLOCKSIZE,
+            BYTES=_BYTES_PER_PROGRAM,
+            num_warps=4,
+            enable_fp_fusion=False,
+        )
     return out
