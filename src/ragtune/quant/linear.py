@@ -254,13 +254,13 @@ def _tile_decoder(
     return lambda packed, scales: dequantize_packed_rows(packed, scales, blocksize, index, pairs, lut)
 
 
-def _tiles(layer: NF4Linear) -> Iterable[tuple[int, int, torch.Tensor]]:
+def _tiles(layer: NF4Linear, absmax: torch.Tensor) -> Iterable[tuple[int, int, torch.Tensor]]:
     """Yield ``(row_start, row_stop, dense fp32 rows)``, decoded into one reused buffer.
 
-    Tiles start on block boundaries, so each tile decodes whole blocks of its own.
+    ``absmax`` is the layer's fp32 absmax per block (``quant_state.block_absmax()``). Tiles
+    start on block boundaries, so each tile decodes whole blocks of its own.
     """
     k, bs = layer.in_features, layer.blocksize
-    absmax = layer.quant_state.block_absmax()
     native = layer.qweight.device.type == "cpu" and native_decoder() is not None
     row_step = bs // math.gcd(k, bs)
     rows = max(row_step, _TILE_ELEMENTS // k // row_step * row_step)
@@ -279,8 +279,9 @@ class _NF4Matmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
         ctx.layer = layer
         if x.device.type == "cpu" and x.dtype == torch.float32:
+            absmax = layer.quant_state.block_absmax()  # once: the kernel may decline, then tiles
             if x.shape[0] <= _KERNEL_ROWS_PER_THREAD * torch.get_num_threads():
-                out = linear_native(x, layer.qweight, layer.quant_state.block_absmax(), layer.blocksize, layer.out_features)
+                out = linear_native(x, layer.qweight, absmax, layer.blocksize, layer.out_features)
                 if out is not None:
                     return out
             # Row tiles of W, each used while it is still in cache. The output must be
@@ -290,11 +291,11 @@ class _NF4Matmul(torch.autograd.Function):
             # as x W^T written straight into the output's columns.
             if x.shape[0] < _FEW_ROWS:
                 out_t = torch.empty(layer.out_features, x.shape[0], dtype=x.dtype)
-                for r0, r1, w in _tiles(layer):
+                for r0, r1, w in _tiles(layer, absmax):
                     torch.mm(w, x.t(), out=out_t[r0:r1])
                 return out_t.t().contiguous()
             out = torch.empty(x.shape[0], layer.out_features, dtype=x.dtype)
-            for r0, r1, w in _tiles(layer):
+            for r0, r1, w in _tiles(layer, absmax):
                 torch.mm(x, w.t(), out=out[:, r0:r1])
             return out
         return x @ layer.dequantize(x.dtype).t()
@@ -306,7 +307,7 @@ class _NF4Matmul(torch.autograd.Function):
         layer: NF4Linear = ctx.layer
         if grad.device.type == "cpu" and grad.dtype == torch.float32:
             grad_x = torch.zeros(grad.shape[0], layer.in_features, dtype=grad.dtype)
-            for r0, r1, w in _tiles(layer):
+            for r0, r1, w in _tiles(layer, layer.quant_state.block_absmax()):
                 grad_x.addmm_(grad[:, r0:r1], w)
             return grad_x, None
         return grad @ layer.dequantize(grad.dtype), None

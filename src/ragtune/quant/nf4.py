@@ -29,8 +29,8 @@ On CPU the decode runs in a small C kernel (:func:`native_decoder`, built with t
 C compiler on first use), split over ``torch.get_num_threads()`` threads; without a
 compiler the same numbers come from eager PyTorch ops, about 1.3-2x slower. A second C
 kernel (:func:`linear_native`) multiplies a few input rows by the weight while decoding it,
-for NF4Linear's forward. On CUDA it
-is one Triton kernel (:mod:`ragtune.quant.nf4_triton`), eager ops without Triton.
+for NF4Linear's forward. On CUDA the decode is one Triton kernel
+(:mod:`ragtune.quant.nf4_triton`), eager ops without Triton.
 
 >>> import torch
 >>> from ragtune.quant.nf4 import quantize_nf4, dequantize_nf4
@@ -68,12 +68,12 @@ __all__ = [
     "byte_lut",
     "check_blocksize",
     "decode_native",
-    "linear_native",
     "dequantize_codes",
     "dequantize_nf4",
     "dequantize_packed_rows",
     "derive_nf4_table",
     "dynamic_map_8bit",
+    "linear_native",
     "native_decoder",
     "quantize_codes",
     "quantize_nf4",
@@ -696,9 +696,9 @@ def linear_native(
 
     futures = [_workers().submit(run, j0) for j0 in range(rows, out_features, rows)]
     codes = [run(0)] + [future.result() for future in futures]
-    if any(code == -2 for code in codes):
+    if any(codes):  # -2: checked above that this CPU can run it, so only allocation fails
         raise MemoryError("the NF4 kernel could not allocate its decode buffer")
-    return None if any(codes) else out
+    return out
 
 
 def _decode_absmax_native(lib: ctypes.CDLL, codes: torch.Tensor, scales: torch.Tensor, offset: float) -> torch.Tensor:
