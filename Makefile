@@ -9,7 +9,7 @@ DEMO_QUESTION ?= How does hybrid search merge the dense and BM25 results?
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test lint install system-deps bench clean
 
 install: $(VENV)/.installed
 
@@ -35,7 +35,12 @@ demo: install
 system-deps:
 	@for script in scripts/system-deps/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 
-test: install system-deps
+# Lint and format are checked, never applied, so CI fails on code that was not formatted.
+lint: install
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+
+test: install system-deps lint
 	$(BIN)/python -m pytest
 
 bench: install

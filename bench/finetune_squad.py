@@ -78,16 +78,43 @@ def answer_eval(test_dir: Path, args: argparse.Namespace, adapter: str) -> dict:
     return evaluate_answers(test_dir, settings, limit=args.eval_questions, seed=args.seed)
 
 
-def finetune(name: str, train_dir: Path, out: Path, args: argparse.Namespace, quant: str, steps: int, dtype: str = "auto") -> dict:
+def finetune(
+    name: str, train_dir: Path, out: Path, args: argparse.Namespace, quant: str, steps: int, dtype: str = "auto"
+) -> dict:
     """One `ragtune finetune` process; returns its run.json plus the step-time summary."""
     run_dir = out / name
     command = [
-        sys.executable, "-m", "ragtune.cli", "finetune", "run",
-        "--data", str(train_dir), "--output-dir", str(run_dir), "--quant", quant,
-        "--max-steps", str(steps), "--global-batch", str(args.global_batch), "--micro-batch", str(args.micro_batch),
-        "--lr", str(args.lr), "--warmup-steps", str(min(args.warmup_steps, steps - 1)), "--seed", str(args.seed),
-        "--save-every", "0", "--set", f"top_k={args.top_k}", "--set", f"dtype={dtype}",
-        "--set", "eval_fraction=0.05",
+        sys.executable,
+        "-m",
+        "ragtune.cli",
+        "finetune",
+        "run",
+        "--data",
+        str(train_dir),
+        "--output-dir",
+        str(run_dir),
+        "--quant",
+        quant,
+        "--max-steps",
+        str(steps),
+        "--global-batch",
+        str(args.global_batch),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--lr",
+        str(args.lr),
+        "--warmup-steps",
+        str(min(args.warmup_steps, steps - 1)),
+        "--seed",
+        str(args.seed),
+        "--save-every",
+        "0",
+        "--set",
+        f"top_k={args.top_k}",
+        "--set",
+        f"dtype={dtype}",
+        "--set",
+        "eval_fraction=0.05",
     ]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
@@ -141,7 +168,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DATASET)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "out" / "finetune-squad")
-    parser.add_argument("--results", type=Path, default=None, help="JSON path (default bench/results/finetune_squad[_gpu].json)")
+    parser.add_argument(
+        "--results", type=Path, default=None, help="JSON path (default bench/results/finetune_squad[_gpu].json)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-articles", type=int, default=3)
     parser.add_argument("--eval-questions", type=int, default=60)
@@ -155,7 +184,11 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=3, help="chunks per prompt, in training and evaluation alike")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--comparisons-only", action="store_true", help="keep the before/after figures in --results, redo the time/memory runs")
+    parser.add_argument(
+        "--comparisons-only",
+        action="store_true",
+        help="keep the before/after figures in --results, redo the time/memory runs",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     gpu = torch.cuda.is_available()
@@ -188,12 +221,25 @@ def main() -> None:
             "after": after,
             "qlora_run": qlora,
         }
-    formats = [("ragtune NF4 (QLoRA)", "nf4", "auto"), ("bitsandbytes NF4 (QLoRA)", "bnb", "auto"), ("dense fp32 (LoRA)", "none", "fp32")]
+    formats = [
+        ("ragtune NF4 (QLoRA)", "nf4", "auto"),
+        ("bitsandbytes NF4 (QLoRA)", "bnb", "auto"),
+        ("dense fp32 (LoRA)", "none", "fp32"),
+    ]
     if gpu:
         formats.append(("dense bf16 (LoRA)", "none", "bf16"))
-    report["comparisons"] = [finetune(f"compare {name}", train_dir, out, args, quant, args.compare_steps, dtype) | {"name": name} for name, quant, dtype in formats]
+    report["comparisons"] = [
+        finetune(f"compare {name}", train_dir, out, args, quant, args.compare_steps, dtype) | {"name": name}
+        for name, quant, dtype in formats
+    ]
     report["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    report["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads, "gpu": torch.cuda.get_device_name() if gpu else None, "torch": torch.__version__}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "gpu": torch.cuda.get_device_name() if gpu else None,
+        "torch": torch.__version__,
+    }
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(report, indent=2))
     results.with_suffix(".md").write_text(markdown(report))

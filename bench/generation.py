@@ -82,7 +82,7 @@ def main() -> None:
     results["prompt_tokens"] = prompt.tokens
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
     end_to_end: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
-    for name, lm in variants.items():
+    for lm in variants.values():
         decode_steps(lm, ids, 4)  # warm-up
     for _ in range(args.repeats):
         for name, lm in variants.items():

@@ -45,7 +45,11 @@ def main() -> None:
         chunks = [
             c
             for path in sorted(docs.iterdir())
-            for c in chunk_document(load_file(path, settings.max_file_bytes, settings.max_uncompressed_bytes), settings.chunk_size, settings.chunk_overlap)
+            for c in chunk_document(
+                load_file(path, settings.max_file_bytes, settings.max_uncompressed_bytes),
+                settings.chunk_size,
+                settings.chunk_overlap,
+            )
         ]
         texts = [c.text for c in chunks]
         embedder.embed(texts[:64])  # warm-up, same for both

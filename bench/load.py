@@ -68,7 +68,7 @@ def passages(n: int) -> list[tuple[str, str]]:
     out, seen = [], set()
     while len(out) < n:
         start = rng.randrange(len(sentences))
-        picked = [start] + rng.sample(range(len(sentences)), rng.randint(3, 5))
+        picked = [start, *rng.sample(range(len(sentences)), rng.randint(3, 5))]
         text = " ".join(sentences[i] for i in picked)
         if len(text) < 1000 and text not in seen:
             seen.add(text)
@@ -123,7 +123,9 @@ def start_server(data_dir: Path, torch_threads: int, log_path: Path) -> tuple[su
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)],
-        env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -166,7 +168,9 @@ async def run_load(url: str, qs: list[str], clients: int, warmup: float, duratio
             question = rng.choice(qs)
             started = time.perf_counter()
             try:
-                response = await http.post("/v1/query", json={"question": question, "retrieve_only": True, "mode": mode})
+                response = await http.post(
+                    "/v1/query", json={"question": question, "retrieve_only": True, "mode": mode}
+                )
                 outcome = str(response.status_code)
                 if response.status_code == 200 and not response.json()["retrieved"]:
                     outcome = "200-empty"
@@ -196,7 +200,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --- where the server's time goes ------------------------------------------------------------------
-_SAMPLE = re.compile(r'^(\w+)(?:\{(.*)\})? ([0-9.e+-]+)$')
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? ([0-9.e+-]+)$")
 
 
 def histogram_sums(exposition: str) -> dict[str, float]:
@@ -212,7 +216,9 @@ def histogram_sums(exposition: str) -> dict[str, float]:
             continue
         if name.startswith("ragtune_vectorstore_query_duration_seconds") and "search" not in labels:
             continue
-        if name.startswith(("ragtune_http_request_duration", "ragtune_retrieval", "ragtune_embedding", "ragtune_vectorstore")):
+        if name.startswith(
+            ("ragtune_http_request_duration", "ragtune_retrieval", "ragtune_embedding", "ragtune_vectorstore")
+        ):
             key = name.removeprefix("ragtune_")
             wanted[key] = wanted.get(key, 0.0) + float(value)
     return wanted
@@ -234,16 +240,24 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # py-spy names a frame "function (package/module.py:line)"; the first match from the innermost
 # frame outwards decides where a sample's time went.
 _CATEGORIES = [
-    ("embedding model (torch, sentence-transformers, tokenizers)", re.compile(r"[(/](torch|sentence_transformers|transformers|tokenizers|numpy)/")),
+    (
+        "embedding model (torch, sentence-transformers, tokenizers)",
+        re.compile(r"[(/](torch|sentence_transformers|transformers|tokenizers|numpy)/"),
+    ),
     ("vector store client (pymilvus, grpc, protobuf)", re.compile(r"[(/](pymilvus|grpc|google/protobuf)/")),
-    ("HTTP and validation (uvicorn, starlette, fastapi, pydantic, json)", re.compile(r"[(/](uvicorn|starlette|fastapi|pydantic|pydantic_core|anyio|h11|httptools|json)/")),
+    (
+        "HTTP and validation (uvicorn, starlette, fastapi, pydantic, json)",
+        re.compile(r"[(/](uvicorn|starlette|fastapi|pydantic|pydantic_core|anyio|h11|httptools|json)/"),
+    ),
     ("ragtune's own code", re.compile(r"[(/]ragtune/")),
 ]
 
 
 # Blocked, not computing: py-spy reports a thread waiting in Python-visible code as busy. A sample
 # whose innermost line is one of these waits is counted as waiting, not as CPU.
-_WAIT_LINE = re.compile(r"\.acquire\(|\.wait\(|next_event\(|\bwith\b[^:]*_lock\b|_lock\.__enter__\(|run_until_complete\(")
+_WAIT_LINE = re.compile(
+    r"\.acquire\(|\.wait\(|next_event\(|\bwith\b[^:]*_lock\b|_lock\.__enter__\(|run_until_complete\("
+)
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<path>[^()]+):(?P<line>\d+)\)$")
 
 
@@ -309,18 +323,34 @@ def main() -> None:
     server, url = start_server(data_dir, args.torch_threads, args.work_dir / "serve.log")
     profiler = None
     try:
-        pids = [server.pid] + child_pids(server.pid)  # the server and the Milvus Lite process
+        pids = [server.pid, *child_pids(server.pid)]  # the server and the Milvus Lite process
         cpu_before = {p: cpu_seconds(p) for p in pids}
         raw = args.work_dir / "profile.txt"
         if args.profile:
             profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(server.pid), "--rate", "100",
-                 "--format", "raw", "--output", str(raw), "--duration", str(int(args.warmup + args.duration)),
-                 "--nonblocking"],  # pausing the server for each sample would cut its throughput by a third
-                stdout=subprocess.DEVNULL, stderr=(args.work_dir / "py-spy.log").open("w"),
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(server.pid),
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--duration",
+                    str(int(args.warmup + args.duration)),
+                    "--nonblocking",
+                ],  # pausing the server for each sample would cut its throughput by a third
+                stdout=subprocess.DEVNULL,
+                stderr=(args.work_dir / "py-spy.log").open("w"),
             )
         load_before = Path("/proc/loadavg").read_text().split()[0]
-        print(f"load: {args.clients} clients, {args.warmup:.0f} s warm-up + {args.duration:.0f} s against {url} …", flush=True)
+        print(
+            f"load: {args.clients} clients, {args.warmup:.0f} s warm-up + {args.duration:.0f} s against {url} …",
+            flush=True,
+        )
         result = asyncio.run(run_load(url, qs, args.clients, args.warmup, args.duration, args.mode))
         cpu = {p: cpu_seconds(p) - cpu_before[p] for p in pids}
         if profiler is not None:
@@ -359,9 +389,9 @@ def main() -> None:
         f"| ragtune and HTTP overhead (the rest) | {split['overhead']:.2f} | {split['overhead'] / split['request']:.0%} |",
         f"| whole request in the server | {split['request']:.2f} | 100% |",
         "",
-        "CPU seconds used during the run: " + ", ".join(
-            f"{'server' if p == server.pid else f'child {p} (Milvus Lite)'} {s:.1f} s" for p, s in cpu.items()
-        ) + f", this load generator {time.process_time():.1f} s (including its startup). The 1-minute load average "
+        "CPU seconds used during the run: "
+        + ", ".join(f"{'server' if p == server.pid else f'child {p} (Milvus Lite)'} {s:.1f} s" for p, s in cpu.items())
+        + f", this load generator {time.process_time():.1f} s (including its startup). The 1-minute load average "
         f"was {load_before} before the run; other processes on the machine compete for the same CPUs.",
     ]
     if errors:

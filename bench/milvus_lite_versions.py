@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from ragtune.eval.metrics import ndcg_at_k, recall_at_k  # noqa: E402  (stdlib-only module)
+from ragtune.eval.metrics import ndcg_at_k, recall_at_k
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-dev"
 ROWS, DIM, QUERIES, BATCH = 10_000, 384, 200, 500
@@ -52,7 +52,11 @@ def make_collection(client, name: str, analyzer: dict | None) -> None:
     schema.add_field("text", DataType.VARCHAR, max_length=8192, **text_args)
     schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
     schema.add_field("dense", DataType.FLOAT_VECTOR, dim=DIM)
-    schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"]))
+    schema.add_function(
+        Function(
+            name="bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"]
+        )
+    )
     index = client.prepare_index_params()
     index.add_index("dense", index_type="FLAT", metric_type="COSINE")
     index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
@@ -69,8 +73,18 @@ def main() -> None:
 
     corpus, queries, qrels = load_squad()
     rng = np.random.default_rng(0)
-    english = {"tokenizer": "standard", "filter": ["lowercase", {"type": "stop", "stop_words": ["_english_"]}, {"type": "stemmer", "language": "english"}]}
-    result: dict = {"milvus_lite": importlib.metadata.version("milvus-lite"), "pymilvus": importlib.metadata.version("pymilvus")}
+    english = {
+        "tokenizer": "standard",
+        "filter": [
+            "lowercase",
+            {"type": "stop", "stop_words": ["_english_"]},
+            {"type": "stemmer", "language": "english"},
+        ],
+    }
+    result: dict = {
+        "milvus_lite": importlib.metadata.version("milvus-lite"),
+        "pymilvus": importlib.metadata.version("pymilvus"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         client = MilvusClient(f"{tmp}/bench.db")
         make_collection(client, "latency", None)
@@ -79,14 +93,22 @@ def main() -> None:
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         started = time.perf_counter()
         for s in range(0, ROWS, BATCH):
-            client.insert("latency", [{"id": str(i), "text": texts[i], "dense": vectors[i].tolist()} for i in range(s, min(s + BATCH, ROWS))])
+            client.insert(
+                "latency",
+                [
+                    {"id": str(i), "text": texts[i], "dense": vectors[i].tolist()}
+                    for i in range(s, min(s + BATCH, ROWS))
+                ],
+            )
         result["insert_10k_s"] = round(time.perf_counter() - started, 2)
         qtexts = [q["text"] for q in queries[:QUERIES]]
         qvecs = rng.standard_normal((QUERIES, DIM)).astype(np.float32)
         timings: dict[str, list[float]] = {"dense": [], "bm25": [], "hybrid": []}
         for text, vec in zip(qtexts, qvecs):
             t = time.perf_counter()
-            client.search("latency", data=[vec.tolist()], anns_field="dense", limit=10, search_params={"metric_type": "COSINE"})
+            client.search(
+                "latency", data=[vec.tolist()], anns_field="dense", limit=10, search_params={"metric_type": "COSINE"}
+            )
             timings["dense"].append(time.perf_counter() - t)
             t = time.perf_counter()
             client.search("latency", data=[text], anns_field="sparse", limit=10, search_params={"metric_type": "BM25"})
@@ -94,7 +116,10 @@ def main() -> None:
             t = time.perf_counter()
             client.hybrid_search(
                 "latency",
-                [AnnSearchRequest([vec.tolist()], "dense", {"metric_type": "COSINE"}, 50), AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, 50)],
+                [
+                    AnnSearchRequest([vec.tolist()], "dense", {"metric_type": "COSINE"}, 50),
+                    AnnSearchRequest([text], "sparse", {"metric_type": "BM25"}, 50),
+                ],
                 RRFRanker(60),
                 limit=10,
             )
@@ -111,10 +136,14 @@ def main() -> None:
             except Exception as exc:  # an analyzer this version lacks is a finding, not a crash
                 result[f"bm25_ndcg@10_{label}"] = f"unsupported: {type(exc).__name__}: {str(exc)[:120]}"
                 continue
-            client.insert(name, [{"id": r["_id"], "text": r["text"], "dense": vectors[i].tolist()} for i, r in enumerate(corpus)])
+            client.insert(
+                name, [{"id": r["_id"], "text": r["text"], "dense": vectors[i].tolist()} for i, r in enumerate(corpus)]
+            )
             ndcg, r5 = [], []
             for q in judged:
-                hits = client.search(name, data=[q["text"]], anns_field="sparse", limit=10, search_params={"metric_type": "BM25"})[0]
+                hits = client.search(
+                    name, data=[q["text"]], anns_field="sparse", limit=10, search_params={"metric_type": "BM25"}
+                )[0]
                 ranked = [h["id"] for h in hits]
                 ndcg.append(ndcg_at_k(ranked, qrels[q["_id"]], 10))
                 r5.append(recall_at_k(ranked, qrels[q["_id"]], 5))
@@ -125,9 +154,15 @@ def main() -> None:
     import bm25s
 
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([r["text"] for r in corpus], stopwords="en", show_progress=False), show_progress=False)
-    res, _ = retriever.retrieve(bm25s.tokenize([q["text"] for q in judged], stopwords="en", show_progress=False), k=10, show_progress=False)
-    result["bm25s_ndcg@10"] = round(float(np.mean([ndcg_at_k([ids[j] for j in res[n]], qrels[q["_id"]], 10) for n, q in enumerate(judged)])), 4)
+    retriever.index(
+        bm25s.tokenize([r["text"] for r in corpus], stopwords="en", show_progress=False), show_progress=False
+    )
+    res, _ = retriever.retrieve(
+        bm25s.tokenize([q["text"] for q in judged], stopwords="en", show_progress=False), k=10, show_progress=False
+    )
+    result["bm25s_ndcg@10"] = round(
+        float(np.mean([ndcg_at_k([ids[j] for j in res[n]], qrels[q["_id"]], 10) for n, q in enumerate(judged)])), 4
+    )
     print(json.dumps(result, indent=2))
 
 

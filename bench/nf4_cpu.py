@@ -76,10 +76,9 @@ def main() -> None:
     from ragtune.quant.nf4 import dequantize_nf4, native_decoder, quantize_nf4
 
     try:
+        import torchao
         from torchao.quantization import to_nf4
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import linear_nf4
-
-        import torchao
 
         torchao_version: str | None = torchao.__version__
     except ImportError:
@@ -98,7 +97,9 @@ def main() -> None:
     # quantize
     ms["quantize ragtune NF4"] = timed(lambda: quantize_nf4(w, 64, double_quant=False), max(3, r // 3))
     ms["quantize ragtune NF4+DQ"] = timed(lambda: quantize_nf4(w, 64, double_quant=True), max(3, r // 3))
-    ms["quantize bitsandbytes NF4"] = timed(lambda: bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4"), max(3, r // 3))
+    ms["quantize bitsandbytes NF4"] = timed(
+        lambda: bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4"), max(3, r // 3)
+    )
     ms["quantize bitsandbytes NF4+DQ"] = timed(
         lambda: bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True), max(3, r // 3)
     )
@@ -120,8 +121,12 @@ def main() -> None:
 
     # forward 16x4096 @ 4096x4096
     ours = NF4Linear.from_linear(dense, 64, double_quant=True)
-    lin4 = bnb.nn.Linear4bit(4096, 4096, bias=False, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4")
-    lin4.weight = bnb.nn.Params4bit(w.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64)
+    lin4 = bnb.nn.Linear4bit(
+        4096, 4096, bias=False, compute_dtype=torch.float32, compress_statistics=True, quant_type="nf4"
+    )
+    lin4.weight = bnb.nn.Params4bit(
+        w.clone(), requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64
+    )
     lin4 = lin4.to("cpu")
     with torch.no_grad():
         ms["forward dense fp32 GEMM (F.linear)"] = timed(lambda: torch.nn.functional.linear(x, w), r)
@@ -137,13 +142,16 @@ def main() -> None:
     gemm = min(ms["forward dense fp32 GEMM (F.linear)"], ms["forward dense fp32 GEMM again"])
     ratios = {
         "dequantize NF4: ragtune / bitsandbytes": ms["dequantize ragtune NF4"] / ms["dequantize bitsandbytes NF4"],
-        "dequantize NF4+DQ: ragtune / bitsandbytes": ms["dequantize ragtune NF4+DQ"] / ms["dequantize bitsandbytes NF4+DQ"],
+        "dequantize NF4+DQ: ragtune / bitsandbytes": ms["dequantize ragtune NF4+DQ"]
+        / ms["dequantize bitsandbytes NF4+DQ"],
         "quantize NF4: ragtune / bitsandbytes": ms["quantize ragtune NF4"] / ms["quantize bitsandbytes NF4"],
         "forward: ragtune NF4Linear / dense fp32 GEMM": ms["forward ragtune NF4Linear (NF4+DQ)"] / gemm,
         "forward: bitsandbytes Linear4bit / dense fp32 GEMM": ms["forward bitsandbytes Linear4bit (NF4+DQ)"] / gemm,
     }
     if torchao_version:
-        ratios["dequantize: ragtune NF4+DQ / torchao"] = ms["dequantize ragtune NF4+DQ"] / ms["dequantize torchao NF4 (DQ)"]
+        ratios["dequantize: ragtune NF4+DQ / torchao"] = (
+            ms["dequantize ragtune NF4+DQ"] / ms["dequantize torchao NF4 (DQ)"]
+        )
         ratios["forward: torchao linear_nf4 / dense fp32 GEMM"] = ms["forward torchao linear_nf4"] / gemm
 
     machine = {

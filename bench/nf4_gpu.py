@@ -106,8 +106,13 @@ def qlora_steps(device: torch.device, steps: int = 30) -> dict[str, float]:
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=512, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        vocab_size=512,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
     )
     model = LlamaForCausalLM(config)
     replace_linear_with_nf4(model)
@@ -167,7 +172,11 @@ def main() -> None:
     checks["quantize fp32: codes == ragtune on CPU"] = bool(torch.equal(packed.cpu(), cpu_packed))
     checks["quantize fp32: absmax == ragtune on CPU"] = bool(torch.equal(state.absmax.cpu(), cpu_state.absmax))
     timed("quantize", "NF4+DQ ragtune quantize_nf4", lambda: quantize_nf4(w, 64, double_quant=True))
-    timed("quantize", "NF4+DQ bitsandbytes quantize_4bit", lambda: bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True))
+    timed(
+        "quantize",
+        "NF4+DQ bitsandbytes quantize_4bit",
+        lambda: bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True),
+    )
 
     for dq in (False, True):
         tag = "NF4+DQ" if dq else "NF4"
@@ -183,14 +192,20 @@ def main() -> None:
         checks[f"{tag}: max |ragtune - bitsandbytes| / max |w|"] = float(
             (ours.float() - theirs.float()).abs().max() / w.float().abs().max()
         )
-        timed(f"dequantize {tag}", "ragtune dequantize_nf4", lambda: dequantize_nf4(packed, state, torch.bfloat16))
-        timed(f"dequantize {tag}", "bitsandbytes dequantize_4bit", lambda: bnbf.dequantize_4bit(bp, bs))
+        timed(
+            f"dequantize {tag}",
+            "ragtune dequantize_nf4",
+            lambda packed=packed, state=state: dequantize_nf4(packed, state, torch.bfloat16),
+        )
+        timed(f"dequantize {tag}", "bitsandbytes dequantize_4bit", lambda bp=bp, bs=bs: bnbf.dequantize_4bit(bp, bs))
 
     dense = torch.nn.Linear(n, n, bias=False, device=dev, dtype=torch.bfloat16)
     dense.weight.data.copy_(w)
     ours = NF4Linear.from_linear(dense, 64, double_quant=True, compute_dtype=torch.bfloat16)
     lin4 = bnb.nn.Linear4bit(n, n, bias=False, compute_dtype=torch.bfloat16, compress_statistics=True, quant_type="nf4")
-    lin4.weight = bnb.nn.Params4bit(w.cpu().clone(), requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64)
+    lin4.weight = bnb.nn.Params4bit(
+        w.cpu().clone(), requires_grad=False, quant_type="nf4", compress_statistics=True, blocksize=64
+    )
     lin4 = lin4.to(dev)
     for tokens in (16, 4096):
         x = torch.randn(tokens, n, device=dev, generator=gen).to(torch.bfloat16)
@@ -203,9 +218,9 @@ def main() -> None:
                 (ours(x).float() - lin4(x).float()).abs().max() / reference.float().abs().max()
             )
             group = f"forward {tokens}x{n} bf16"
-            timed(group, "dense bf16 F.linear", lambda: torch.nn.functional.linear(x, w))
-            timed(group, "ragtune NF4Linear (NF4+DQ)", lambda: ours(x))
-            timed(group, "bitsandbytes Linear4bit (NF4+DQ)", lambda: lin4(x))
+            timed(group, "dense bf16 F.linear", lambda x=x: torch.nn.functional.linear(x, w))
+            timed(group, "ragtune NF4Linear (NF4+DQ)", lambda x=x: ours(x))
+            timed(group, "bitsandbytes Linear4bit (NF4+DQ)", lambda x=x: lin4(x))
 
     x = torch.randn(4096, n, device=dev, generator=gen).to(torch.bfloat16).requires_grad_()
     grad_out = torch.randn(4096, n, device=dev, generator=gen).to(torch.bfloat16)
@@ -243,20 +258,29 @@ def main() -> None:
         base_name = baseline.get(group, "bitsandbytes Linear4bit (NF4+DQ)")
         base = next(r for r in rows if r[0] == group and r[1] == base_name)
         dense_row = next((r for r in rows if r[0] == group and r[1] == "dense bf16 F.linear"), None)
-        results.append({
-            "group": group, "name": name, "ms per call": per_call, "ms graph": graph,
-            "per call / bitsandbytes": per_call / base[2],
-            "graph / bitsandbytes": None if graph is None or base[3] is None else graph / base[3],
-            "per call / dense": None if dense_row is None else per_call / dense_row[2],
-            "graph / dense": None if dense_row is None or graph is None or dense_row[3] is None else graph / dense_row[3],
-        })
+        results.append(
+            {
+                "group": group,
+                "name": name,
+                "ms per call": per_call,
+                "ms graph": graph,
+                "per call / bitsandbytes": per_call / base[2],
+                "graph / bitsandbytes": None if graph is None or base[3] is None else graph / base[3],
+                "per call / dense": None if dense_row is None else per_call / dense_row[2],
+                "graph / dense": None
+                if dense_row is None or graph is None or dense_row[3] is None
+                else graph / dense_row[3],
+            }
+        )
     print(f"machine: {json.dumps(machine)}")
     print("checks:", json.dumps(checks, indent=1))
 
     def cell(value: float | None, digits: int = 3) -> str:
         return "—" if value is None else f"{value:.{digits}f}"
 
-    print(f"\n| operation ({n}x{n} weight) | implementation | ms per call | ms graph | ÷ bitsandbytes (per call / graph) | ÷ dense bf16 (per call / graph) |")
+    print(
+        f"\n| operation ({n}x{n} weight) | implementation | ms per call | ms graph | ÷ bitsandbytes (per call / graph) | ÷ dense bf16 (per call / graph) |"
+    )
     print("|---|---|---:|---:|---:|---:|")
     for r in results:
         print(

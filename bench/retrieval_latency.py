@@ -67,22 +67,57 @@ def main() -> None:
         chunks, vectors = [], []
         for i in range(args.rows):
             row = corpus[i % len(corpus)]
-            chunks.append(Chunk(f"c{i:06d}", f"d{i // 4}", i, row["text"], f"/docs/{row['_id']}-{i}.txt", row["title"], 0, ""))
+            chunks.append(
+                Chunk(f"c{i:06d}", f"d{i // 4}", i, row["text"], f"/docs/{row['_id']}-{i}.txt", row["title"], 0, "")
+            )
             noisy = paragraph_vectors[i % len(corpus)] + 0.05 * rng.standard_normal(model.dimension)
             vectors.append(noisy / np.linalg.norm(noisy))
         store.insert(chunks, np.asarray(vectors, dtype=np.float32))
         retriever = Retriever(store, CachedEmbedder(queries, query_vectors), settings)
         client, depth = store._client, settings.candidates
         raw_calls = {
-            "dense": lambda q, v: client.search("bench", data=[v.tolist()], anns_field="dense", limit=settings.top_k, output_fields=["text"], search_params={"metric_type": "COSINE"}),
-            "bm25": lambda q, v: client.search("bench", data=[q], anns_field="sparse", limit=settings.top_k, output_fields=["text"], search_params={"metric_type": "BM25"}),
+            "dense": lambda q, v: client.search(
+                "bench",
+                data=[v.tolist()],
+                anns_field="dense",
+                limit=settings.top_k,
+                output_fields=["text"],
+                search_params={"metric_type": "COSINE"},
+            ),
+            "bm25": lambda q, v: client.search(
+                "bench",
+                data=[q],
+                anns_field="sparse",
+                limit=settings.top_k,
+                output_fields=["text"],
+                search_params={"metric_type": "BM25"},
+            ),
             # The raw equivalent of ragtune's hybrid: the two candidate searches it fuses.
             "hybrid": lambda q, v: (
-                client.search("bench", data=[v.tolist()], anns_field="dense", limit=depth, output_fields=["text"], search_params={"metric_type": "COSINE"}),
-                client.search("bench", data=[q], anns_field="sparse", limit=depth, output_fields=["text"], search_params={"metric_type": "BM25"}),
+                client.search(
+                    "bench",
+                    data=[v.tolist()],
+                    anns_field="dense",
+                    limit=depth,
+                    output_fields=["text"],
+                    search_params={"metric_type": "COSINE"},
+                ),
+                client.search(
+                    "bench",
+                    data=[q],
+                    anns_field="sparse",
+                    limit=depth,
+                    output_fields=["text"],
+                    search_params={"metric_type": "BM25"},
+                ),
             ),
         }
-        result: dict = {"rows": args.rows, "queries": len(queries), "query_embedding_ms": round(embed_ms, 2), "modes": {}}
+        result: dict = {
+            "rows": args.rows,
+            "queries": len(queries),
+            "query_embedding_ms": round(embed_ms, 2),
+            "modes": {},
+        }
         for mode in ("dense", "bm25", "hybrid"):
             for q, v in zip(queries[:20], query_vectors[:20]):  # warm-up
                 raw_calls[mode](q, v)
@@ -96,7 +131,12 @@ def main() -> None:
                 retriever.run(q, mode=mode)
                 ours.append(time.perf_counter() - t)
             r, o = percentiles(raw), percentiles(ours)
-            result["modes"][mode] = {"raw_milvus": r, "ragtune": o, "overhead_p50_ms": round(o["p50_ms"] - r["p50_ms"], 2), "overhead_p95_ms": round(o["p95_ms"] - r["p95_ms"], 2)}
+            result["modes"][mode] = {
+                "raw_milvus": r,
+                "ragtune": o,
+                "overhead_p50_ms": round(o["p50_ms"] - r["p50_ms"], 2),
+                "overhead_p95_ms": round(o["p95_ms"] - r["p95_ms"], 2),
+            }
         store.close()
     json.dump(result, sys.stdout, indent=2)
     print()

@@ -19,7 +19,9 @@ from ragtune.store.milvus import MilvusStore
 
 def run(args: list[str], data_dir: Path, **kwargs) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_TORCH_THREADS": "2"}
-    return subprocess.run([sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs
+    )
 
 
 def test_ingest_ask_json_and_documents(tmp_path, sample_dir):
@@ -33,11 +35,20 @@ def test_ingest_ask_json_and_documents(tmp_path, sample_dir):
     payload = json.loads(result.stdout)
     assert "19530" in payload["answer"] and payload["abstained"] is False
     citation = payload["citations"][0]
-    assert citation["number"] == 1 and citation["chunk_id"] and Path(citation["source"]).name in {"configuration.txt", "architecture.html"}
+    assert (
+        citation["number"] == 1
+        and citation["chunk_id"]
+        and Path(citation["source"]).name in {"configuration.txt", "architecture.html"}
+    )
     assert set(payload["timings_ms"]) == {"retrieve", "generate", "total"}
 
     text = run(["ask", "What does the operations guide say about backups?"], data)
-    assert text.returncode == 0 and "[1]" in text.stdout and "Sources:" in text.stdout and "operations-guide.pdf, page 1" in text.stdout
+    assert (
+        text.returncode == 0
+        and "[1]" in text.stdout
+        and "Sources:" in text.stdout
+        and "operations-guide.pdf, page 1" in text.stdout
+    )
 
     listing = json.loads(run(["documents", "--json"], data).stdout)
     assert listing["total"] == 5 and {d["status"] for d in listing["documents"]} == {"indexed"}
@@ -71,7 +82,9 @@ def test_too_long_question_is_a_usage_error(tmp_path, sample_dir):
 def test_bad_settings_exit_2(tmp_path):
     env_result = subprocess.run(
         [sys.executable, "-m", "ragtune.cli", "ask", "x"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=os.environ | {"RAGTUNE_DATA_DIR": str(tmp_path), "RAGTUNE_CHUNK_OVERLAP": "5000"},
     )
     assert env_result.returncode == 2 and "chunk_overlap must be smaller than chunk_size" in env_result.stderr
@@ -123,8 +136,19 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
     for i in range(120):
         (docs / f"report{i:03d}.txt").write_text("\n\n".join(paragraph.format(i=i) for _ in range(4)))
     data = tmp_path / "data"
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data), "RAGTUNE_TORCH_THREADS": "2", "RAGTUNE_EMBEDDING_BATCH_SIZE": "16", "RAGTUNE_INGEST_BATCH_CHUNKS": "32"}
-    process = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "ingest", str(docs)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = os.environ | {
+        "RAGTUNE_DATA_DIR": str(data),
+        "RAGTUNE_TORCH_THREADS": "2",
+        "RAGTUNE_EMBEDDING_BATCH_SIZE": "16",
+        "RAGTUNE_INGEST_BATCH_CHUNKS": "32",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ragtune.cli", "ingest", str(docs)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 240
     while _indexed_count(data / "catalog.db") == 0 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -22,9 +22,9 @@ def test_missing_and_wrong_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="not found"):
         load_causal_lm(tmp_path / "nope", tmp_path)
     (tmp_path / "notes.txt").write_text("hi")
-    with pytest.raises(ModelNotFoundError, match="not a .gguf file"):
+    with pytest.raises(ModelNotFoundError, match=r"not a .gguf file"):
         load_causal_lm(tmp_path / "notes.txt", tmp_path)
-    with pytest.raises(ModelNotFoundError, match="no config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"no config.json"):
         load_causal_lm(tmp_path, tmp_path)
 
 
@@ -37,9 +37,7 @@ def test_loads_an_hf_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_gguf_is_converted_once_then_loaded_from_the_cache(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_gguf_is_converted_once_then_loaded_from_the_cache(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     first, tokenizer = load_causal_lm(smollm2_gguf_path(), tmp_path)
     assert "converting SmolLM2-135M-Instruct.Q4_1.gguf" in capfd.readouterr().err
     (converted,) = tmp_path.iterdir()

@@ -9,7 +9,7 @@ import sys
 import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -66,8 +66,10 @@ def _print_json(payload: Any) -> None:
 
 @app.callback()
 def _root(
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML settings file (same as RAGTUNE_CONFIG).")] = None,
-    local_rank: Annotated[Optional[int], typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML settings file (same as RAGTUNE_CONFIG).")
+    ] = None,
+    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
 ) -> None:
     # The `deepspeed` launcher passes --local_rank=N right after the module name; the rank
     # itself is read from LOCAL_RANK, which it sets too.
@@ -81,8 +83,8 @@ def _root(
 @app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to index.")],
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="Tag the documents (repeatable).")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="Index only shard i of N (i/N), for parallel jobs.")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag the documents (repeatable).")] = None,
+    shard: Annotated[str | None, typer.Option(help="Index only shard i of N (i/N), for parallel jobs.")] = None,
     prune: Annotated[bool, typer.Option(help="Remove documents whose files left an ingested folder.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
@@ -123,7 +125,7 @@ def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (
 
 @app.command()
 def documents(
-    status: Annotated[Optional[str], typer.Option(help="Only this status: pending, indexed or failed.")] = None,
+    status: Annotated[str | None, typer.Option(help="Only this status: pending, indexed or failed.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -149,10 +151,10 @@ def documents(
 @app.command()
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
-    top_k: Annotated[Optional[int], typer.Option("--top-k", "-k", min=1, max=100)] = None,
-    mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid.")] = None,
-    source: Annotated[Optional[list[str]], typer.Option(help="Only these sources (repeatable).")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(help="Only documents with any of these tags.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=100)] = None,
+    mode: Annotated[str | None, typer.Option(help="dense, bm25 or hybrid.")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable).")] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Answer, citations and timings as JSON.")] = False,
 ) -> None:
     """Answer a question from the indexed documents, with numbered citations."""
@@ -178,7 +180,9 @@ def ask(
                 "answer": answer.text,
                 "abstained": answer.abstained,
                 "citations": [asdict(c) for c in answer.citations],
-                "retrieved": [{"chunk_id": h.id, "source": h.source, "page": h.page, "score": h.score} for h in answer.hits],
+                "retrieved": [
+                    {"chunk_id": h.id, "source": h.source, "page": h.page, "score": h.score} for h in answer.hits
+                ],
                 "timings_ms": answer.timings_ms,
             }
         )
@@ -194,7 +198,9 @@ def ask(
 
 def _dataset_dir(path: Path) -> Path:
     if not path.is_dir():
-        raise UsageError(f"{path} is not a directory; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)")
+        raise UsageError(
+            f"{path} is not a directory; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)"
+        )
     return path
 
 
@@ -202,7 +208,7 @@ def _dataset_dir(path: Path) -> Path:
 def eval_retrieval(
     dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder.")],
     mode: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "hybrid",
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a fixed-seed sample of N queries.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N queries.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Recall@1/5/10, MRR@10 and nDCG@10 against a plain bm25s baseline."""
@@ -224,8 +230,8 @@ def eval_retrieval(
 @eval_app.command("answers")
 def eval_answers(
     dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder whose queries carry 'answers'.")],
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Evaluate a fixed-seed sample of N questions.")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="dense, bm25 or hybrid.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N questions.")] = None,
+    mode: Annotated[str | None, typer.Option(help="dense, bm25 or hybrid.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """SQuAD exact match and F1, citation support and abstention on unanswerable questions."""
@@ -252,8 +258,8 @@ def _configure_logging() -> None:
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Listen address (RAGTUNE_HOST; default 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (RAGTUNE_PORT; default 8000).")] = None,
+    host: Annotated[str | None, typer.Option(help="Listen address (RAGTUNE_HOST; default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (RAGTUNE_PORT; default 8000).")] = None,
 ) -> None:
     """Run the HTTP API and the web UI (uvicorn); ingestion jobs run in a worker thread."""
     import uvicorn
@@ -357,12 +363,18 @@ def _key_store():  # -> KeyStore
 
 @app.command("serve-llm")
 def serve_llm(
-    model: Annotated[Optional[str], typer.Option(help="HF model directory or .gguf file (RAGTUNE_LLM_MODEL; default SmolLM2).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="PEFT LoRA adapter directory (RAGTUNE_LLM_ADAPTER).")] = None,
-    quant: Annotated[Optional[str], typer.Option(help="none or nf4 (RAGTUNE_LLM_QUANT).")] = None,
-    served_model_name: Annotated[Optional[str], typer.Option(help="Model id clients send (default: the model's name).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="HF model directory or .gguf file (RAGTUNE_LLM_MODEL; default SmolLM2).")
+    ] = None,
+    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter directory (RAGTUNE_LLM_ADAPTER).")] = None,
+    quant: Annotated[str | None, typer.Option(help="none or nf4 (RAGTUNE_LLM_QUANT).")] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model id clients send (default: the model's name).")
+    ] = None,
     host: Annotated[str, typer.Option(help="Listen address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port (RAGTUNE_LLM_BASE_URL's default uses 8001).")] = 8001,
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="Port (RAGTUNE_LLM_BASE_URL's default uses 8001).")
+    ] = 8001,
 ) -> None:
     """Serve the local LLM as an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
     import uvicorn

@@ -56,22 +56,17 @@ class _YamlFileSource(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RAGTUNE_", env_file=".env", extra="ignore", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RAGTUNE_", env_file=".env", extra="ignore", validate_default=True)
 
     # --- state -----------------------------------------------------------------------
     data_dir: Path = Field(Path("./data"), description="All local state lives here.")
     milvus_uri: str = Field(
         "",
-        description="Milvus Lite data path, or http://host:19530 for a Milvus server. "
-        "Empty: <data_dir>/milvus.db.",
+        description="Milvus Lite data path, or http://host:19530 for a Milvus server. Empty: <data_dir>/milvus.db.",
     )
     milvus_token: str = Field("", description="Token (user:password) for a Milvus server.")
     collection: str = Field("ragtune", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-    catalog_url: str = Field(
-        "", description="SQLAlchemy URL of the catalog. Empty: sqlite in <data_dir>."
-    )
+    catalog_url: str = Field("", description="SQLAlchemy URL of the catalog. Empty: sqlite in <data_dir>.")
 
     # --- ingestion -------------------------------------------------------------------
     chunk_size: int = Field(1000, gt=0, description="Characters per chunk.")
@@ -83,9 +78,7 @@ class Settings(BaseSettings):
         "sorts a call by length); a run killed mid-batch re-embeds that batch's documents.",
     )
     max_file_bytes: int = Field(50 * 1024 * 1024, gt=0)
-    max_uncompressed_bytes: int = Field(
-        200 * 1024 * 1024, gt=0, description="Bound on DOCX decompression (zip bombs)."
-    )
+    max_uncompressed_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Bound on DOCX decompression (zip bombs).")
 
     # --- embedding -------------------------------------------------------------------
     embedding_model: str = Field(DEFAULT_EMBEDDING_MODEL)
@@ -191,7 +184,7 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> "Settings":
+    def _overlap_below_size(self) -> Settings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError(
                 f"chunk_overlap must be smaller than chunk_size; got overlap "

@@ -64,9 +64,7 @@ def model_dir(model: str | Path, cache_dir: Path) -> Path:
 
     path = Path(model).expanduser()
     if not path.exists():
-        raise ModelNotFoundError(
-            f"model {str(model)!r} not found: give an HF model directory or a .gguf file"
-        )
+        raise ModelNotFoundError(f"model {str(model)!r} not found: give an HF model directory or a .gguf file")
     if path.is_file() and path.suffix != ".gguf":
         raise ModelNotFoundError(f"{path} is a file but not a .gguf file; give a .gguf file or a directory")
     if path.is_file():
@@ -102,9 +100,7 @@ def model_dir(model: str | Path, cache_dir: Path) -> Path:
     return path
 
 
-def load_causal_lm(
-    model: str | Path, cache_dir: Path, dtype: torch.dtype = torch.float32
-) -> tuple[Any, Any]:
+def load_causal_lm(model: str | Path, cache_dir: Path, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` from an HF directory or a ``.gguf`` file, in eval mode
     (a GGUF file is converted once, see `model_dir`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

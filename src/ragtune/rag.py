@@ -59,14 +59,20 @@ class Pipeline:
     ingestor: Ingestor
 
     @classmethod
-    def from_settings(cls, settings: Settings, embedder: Embedder | None = None) -> "Pipeline":
+    def from_settings(cls, settings: Settings, embedder: Embedder | None = None) -> Pipeline:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         catalog = Catalog(settings.resolved_catalog_url())
         embedder = embedder or build_embedder(settings)
-        store = MilvusStore(settings.resolved_milvus_uri(), settings.collection, embedder.dimension, settings.milvus_token)
-        reranker = CrossEncoderReranker(settings.reranker_model, settings.embedding_device) if settings.reranker_model else None
+        store = MilvusStore(
+            settings.resolved_milvus_uri(), settings.collection, embedder.dimension, settings.milvus_token
+        )
+        reranker = (
+            CrossEncoderReranker(settings.reranker_model, settings.embedding_device)
+            if settings.reranker_model
+            else None
+        )
         retriever = Retriever(store, embedder, settings, reranker)
         return cls(
             settings,
@@ -81,7 +87,7 @@ class Pipeline:
     def _check_question(self, question: str) -> str:
         question = question.strip()
         if not question:
-            raise QuestionError("the question is empty; ask something, e.g. ragtune ask \"How do I install it?\"")
+            raise QuestionError('the question is empty; ask something, e.g. ragtune ask "How do I install it?"')
         if len(question) > self.settings.max_question_chars:
             raise QuestionError(
                 f"the question is {len(question)} characters, over the limit of "
@@ -166,7 +172,7 @@ class Pipeline:
         self.store.close()
         self.catalog.close()
 
-    def __enter__(self) -> "Pipeline":
+    def __enter__(self) -> Pipeline:
         return self
 
     def __exit__(self, *_: object) -> None:

@@ -110,7 +110,7 @@ class MilvusServer:
         self.uri = f"http://127.0.0.1:{self.port}"
         self._server = None
 
-    def start(self) -> "MilvusServer":
+    def start(self) -> MilvusServer:
         from milvus_lite.server import Server
 
         self.db_file.parent.mkdir(parents=True, exist_ok=True)

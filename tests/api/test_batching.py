@@ -46,7 +46,9 @@ def test_concurrent_calls_share_model_calls_and_get_their_own_vectors():
 
 def test_large_calls_go_straight_to_the_model_and_errors_reach_every_caller():
     model = SlowModel()
-    assert BatchingEmbedder(model, max_texts=2).embed(["x", "y", "z"]).shape == (3, 2) and model.calls == [["x", "y", "z"]]
+    assert BatchingEmbedder(model, max_texts=2).embed(["x", "y", "z"]).shape == (3, 2) and model.calls == [
+        ["x", "y", "z"]
+    ]
     broken = BatchingEmbedder(SlowModel(fail=True))
     with ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(broken.embed, [f"q{i}"]) for i in range(4)]

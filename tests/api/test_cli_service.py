@@ -17,7 +17,9 @@ from tests.api.support import free_port, wait_until
 
 def ragtune(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir)}
-    return subprocess.run([sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_keys_create_list_revoke(tmp_path):
@@ -35,7 +37,9 @@ def test_keys_create_list_revoke(tmp_path):
     assert ragtune(["keys", "revoke", key["id"]], data).returncode == 0
     assert json.loads(ragtune(["keys", "list", "--json"], data).stdout)[0]["revoked_at"] is not None
     unknown = ragtune(["keys", "revoke", "nope"], data)
-    assert unknown.returncode == 2 and "no API key with id 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+    assert (
+        unknown.returncode == 2 and "no API key with id 'nope'" in unknown.stderr and "Traceback" not in unknown.stderr
+    )
 
 
 @pytest.mark.slow
@@ -46,7 +50,10 @@ def test_serve_answers_and_enforces_keys_from_the_cli(tmp_path):
     env = os.environ | {"RAGTUNE_DATA_DIR": str(data), "RAGTUNE_TORCH_THREADS": "1"}
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
 
@@ -67,7 +74,11 @@ def test_serve_answers_and_enforces_keys_from_the_cli(tmp_path):
 
         assert ragtune(["keys", "revoke", key["id"]], data).returncode == 0
         # Revoking the only key locks the API; it does not switch authentication off.
-        wait_until(lambda: httpx.get(f"{base}/v1/documents", headers=auth).status_code == 401, 15, "the revoked key to be refused")
+        wait_until(
+            lambda: httpx.get(f"{base}/v1/documents", headers=auth).status_code == 401,
+            15,
+            "the revoked key to be refused",
+        )
         assert httpx.get(f"{base}/v1/documents").status_code == 401
     finally:
         server.send_signal(signal.SIGTERM)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from builders import pdf_bytes
-
 from ragtune.store.milvus import Filters
 from tests.api.support import wait_for_job
 
-SAMPLE_NAMES = ["architecture.html", "configuration.txt", "fine-tuning.docx", "getting-started.md", "operations-guide.pdf"]
+SAMPLE_NAMES = [
+    "architecture.html",
+    "configuration.txt",
+    "fine-tuning.docx",
+    "getting-started.md",
+    "operations-guide.pdf",
+]
 
 
 def chunks_in_store(service, doc_id: str) -> int:
@@ -25,7 +30,9 @@ def test_uploaded_samples_are_listed_with_status_and_chunks(indexed):
 
     assert indexed.http.get(f"/v1/documents/{pdf['id']}").json() == pdf
     page = indexed.http.get("/v1/documents", params={"offset": 1, "limit": 2}).json()
-    assert page["total"] == 5 and [d["source"] for d in page["documents"]] == [f"uploads/{n}" for n in SAMPLE_NAMES[1:3]]
+    assert page["total"] == 5 and [d["source"] for d in page["documents"]] == [
+        f"uploads/{n}" for n in SAMPLE_NAMES[1:3]
+    ]
     assert indexed.http.get("/v1/documents", params={"status": "failed"}).json()["total"] == 0
     bad = indexed.http.get("/v1/documents", params={"status": "weird"})
     assert bad.status_code == 422 and "status" in bad.json()["error"]["message"]
@@ -45,7 +52,13 @@ def test_job_reports_progress_and_per_file_errors(indexed):
         ("scan.pdf", "uploads/scan.pdf", "application/pdf"),
     ]
     job = wait_for_job(indexed.http, body["job_id"])
-    assert (job["state"], job["files_total"], job["files_done"], job["files_failed"], job["attempts"]) == ("done", 2, 2, 1, 1)
+    assert (job["state"], job["files_total"], job["files_done"], job["files_failed"], job["attempts"]) == (
+        "done",
+        2,
+        2,
+        1,
+        1,
+    )
     notes, scan = job["files"]
     assert notes["status"] == "indexed" and notes["chunks"] == job["chunks"] > 0 and job["tags"] == ["notes", "v2"]
     assert scan["status"] == "failed" and "no extractable text" in scan["error"] and "OCR" in scan["error"]
@@ -59,10 +72,14 @@ def test_job_reports_progress_and_per_file_errors(indexed):
 
 
 def test_uploading_a_file_again_replaces_its_chunks(indexed):
-    first = indexed.http.post("/v1/documents", files=[("files", ("runbook.md", b"# Runbook\n\nRestart the pod with kubectl."))])
+    first = indexed.http.post(
+        "/v1/documents", files=[("files", ("runbook.md", b"# Runbook\n\nRestart the pod with kubectl."))]
+    )
     doc_id = first.json()["documents"][0]["document_id"]
     wait_for_job(indexed.http, first.json()["job_id"])
-    second_text = "# Runbook\n\n" + "\n\n".join(f"Step {i}: drain node {i} before the upgrade of the cluster." for i in range(40))
+    second_text = "# Runbook\n\n" + "\n\n".join(
+        f"Step {i}: drain node {i} before the upgrade of the cluster." for i in range(40)
+    )
     second = indexed.http.post("/v1/documents", files=[("files", ("runbook.md", second_text.encode()))])
     assert second.json()["documents"][0]["document_id"] == doc_id
     job = wait_for_job(indexed.http, second.json()["job_id"])
@@ -71,19 +88,28 @@ def test_uploading_a_file_again_replaces_its_chunks(indexed):
     texts = [h.text for h in indexed.services.pipeline.store.chunks(doc_id)]
     assert not any("kubectl" in t for t in texts)
 
-    again = wait_for_job(indexed.http, indexed.http.post("/v1/documents", files=[("files", ("runbook.md", second_text.encode()))]).json()["job_id"])
+    again = wait_for_job(
+        indexed.http,
+        indexed.http.post("/v1/documents", files=[("files", ("runbook.md", second_text.encode()))]).json()["job_id"],
+    )
     assert again["files"][0]["status"] == "unchanged" and chunks_in_store(indexed, doc_id) == record["chunks"]
     indexed.http.delete(f"/v1/documents/{doc_id}")
 
 
 def test_delete_removes_the_document_and_its_chunks(indexed):
-    accepted = indexed.http.post("/v1/documents", files=[("files", ("temp.txt", b"Temporary text about the staging cluster."))]).json()
+    accepted = indexed.http.post(
+        "/v1/documents", files=[("files", ("temp.txt", b"Temporary text about the staging cluster."))]
+    ).json()
     doc_id = accepted["documents"][0]["document_id"]
     wait_for_job(indexed.http, accepted["job_id"])
     assert chunks_in_store(indexed, doc_id) == 1
 
     deleted = indexed.http.delete(f"/v1/documents/{doc_id}")
-    assert deleted.status_code == 200 and deleted.json() == {"id": doc_id, "source": "uploads/temp.txt", "deleted": True}
+    assert deleted.status_code == 200 and deleted.json() == {
+        "id": doc_id,
+        "source": "uploads/temp.txt",
+        "deleted": True,
+    }
     assert chunks_in_store(indexed, doc_id) == 0
     missing = indexed.http.get(f"/v1/documents/{doc_id}")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "document_not_found"
@@ -96,7 +122,8 @@ def test_unknown_job_and_route_are_json_404s(indexed):
     assert job.status_code == 404 and job.json()["error"]["code"] == "job_not_found"
     route = indexed.http.get("/v2/nothing")
     assert route.status_code == 404 and route.json()["error"] == {
-        "code": "not_found", "message": "no such path /v2/nothing; the API is described at /docs"
+        "code": "not_found",
+        "message": "no such path /v2/nothing; the API is described at /docs",
     }
     method = indexed.http.put("/v1/query")
     assert method.status_code == 405 and method.json()["error"]["code"] == "method_not_allowed"

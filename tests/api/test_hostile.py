@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from builders import docx_bytes, encrypted_pdf_bytes, pdf_bytes, zip_bomb_docx
 
+from builders import docx_bytes, encrypted_pdf_bytes, pdf_bytes, zip_bomb_docx
 from tests.api.support import sample_files, served, service_settings, wait_for_job, wait_until
 
 MAX_UPLOAD = 64 * 1024
@@ -67,10 +67,28 @@ def other_zip() -> bytes:
         ("report.pdf", b"this is plain text named like a PDF", 415, "unsupported_type", "does not start with %PDF-"),
         ("archive.docx", other_zip(), 415, "unsupported_type", "not a Word document"),
         ("bomb.docx", zip_bomb_docx(50 * 1024 * 1024), 413, "decompression_limit", "RAGTUNE_MAX_UNCOMPRESSED_BYTES"),
-        ("broken.pdf", b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\ngarbage", 422, "damaged_pdf", "damaged or truncated PDF"),
+        (
+            "broken.pdf",
+            b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\ngarbage",
+            422,
+            "damaged_pdf",
+            "damaged or truncated PDF",
+        ),
         ("truncated.pdf", pdf_bytes(["Half a document."])[:300], 422, "damaged_pdf", "damaged or truncated PDF"),
-        ("secret.pdf", encrypted_pdf_bytes("The launch code is 1234."), 422, "encrypted_pdf", "upload a decrypted copy"),
-        ("menu.txt", "café au lait".encode("latin-1"), 422, "invalid_encoding", "not valid UTF-8 (byte 0xe9 at offset 3)"),
+        (
+            "secret.pdf",
+            encrypted_pdf_bytes("The launch code is 1234."),
+            422,
+            "encrypted_pdf",
+            "upload a decrypted copy",
+        ),
+        (
+            "menu.txt",
+            "café au lait".encode("latin-1"),
+            422,
+            "invalid_encoding",
+            "not valid UTF-8 (byte 0xe9 at offset 3)",
+        ),
         ("empty.md", b"  \n\n ", 422, "empty_file", "is empty"),
     ],
 )
@@ -96,7 +114,11 @@ def test_one_bad_file_refuses_the_whole_request(service, intact):
 def test_too_many_files_and_oversize_body(service, intact):
     files = [(f"n{i}.md", b"# note") for i in range(4)]
     many = upload(service, *files)
-    assert many.status_code == 413 and many.json()["error"]["code"] == "too_many_files" and "RAGTUNE_MAX_FILES_PER_REQUEST" in many.json()["error"]["message"]
+    assert (
+        many.status_code == 413
+        and many.json()["error"]["code"] == "too_many_files"
+        and "RAGTUNE_MAX_FILES_PER_REQUEST" in many.json()["error"]["message"]
+    )
     body = upload(service, ("huge.txt", b"x" * (3 * MAX_UPLOAD + 2 * 1024 * 1024)))
     assert body.status_code == 413 and body.json()["error"]["code"] == "payload_too_large"
 
@@ -110,8 +132,11 @@ def test_path_traversal_filename_is_only_a_name(service):
     target = Path("/tmp/ragtune-traversal-probe.md")
     target.unlink(missing_ok=True)
     before = snapshot(service)
-    response = upload(service, ("../../../../../tmp/ragtune-traversal-probe.md", b"# Probe\n\nTraversal probe text."),
-                      ("..\\..\\windows\\evil.md", b"# Evil\n\nBackslash traversal."))
+    response = upload(
+        service,
+        ("../../../../../tmp/ragtune-traversal-probe.md", b"# Probe\n\nTraversal probe text."),
+        ("..\\..\\windows\\evil.md", b"# Evil\n\nBackslash traversal."),
+    )
     assert response.status_code == 202
     sources = [d["source"] for d in response.json()["documents"]]
     assert sources == ["uploads/ragtune-traversal-probe.md", "uploads/evil.md"]
@@ -132,8 +157,13 @@ def test_huge_question_and_unknown_fields(service, intact):
         "message": "the question is 102399 characters, over the limit of 4000 (RAGTUNE_MAX_QUESTION_CHARS)",
     }
     unknown = service.http.post("/v1/query", json={"question": "hi", "temperature": 0.1})
-    assert unknown.status_code == 422 and "temperature: Extra inputs are not permitted" in unknown.json()["error"]["message"]
-    not_utf8 = service.http.post("/v1/query", content=b'{"question": "caf\xe9"}', headers={"Content-Type": "application/json"})
+    assert (
+        unknown.status_code == 422
+        and "temperature: Extra inputs are not permitted" in unknown.json()["error"]["message"]
+    )
+    not_utf8 = service.http.post(
+        "/v1/query", content=b'{"question": "caf\xe9"}', headers={"Content-Type": "application/json"}
+    )
     assert not_utf8.status_code == 400 and not_utf8.json()["error"] == {
         "code": "invalid_encoding",
         "message": "the request body is not valid UTF-8 (byte 0xe9 at offset 17); send UTF-8 JSON",
@@ -142,7 +172,10 @@ def test_huge_question_and_unknown_fields(service, intact):
 
 def test_deletes_during_queries(service):
     before = snapshot(service)
-    throwaway = [(f"scratch-{i}.md", f"# Scratch {i}\n\nScratch note {i} about hybrid retrieval and BM25.".encode()) for i in range(3)]
+    throwaway = [
+        (f"scratch-{i}.md", f"# Scratch {i}\n\nScratch note {i} about hybrid retrieval and BM25.".encode())
+        for i in range(3)
+    ]
     accepted = upload(service, *throwaway).json()
     wait_for_job(service.http, accepted["job_id"])
     ids = [d["document_id"] for d in accepted["documents"]]
@@ -151,7 +184,11 @@ def test_deletes_during_queries(service):
 
     def ask_repeatedly() -> None:
         while not stop.is_set() and len(answered) < 300:
-            answered.append(service.http.post("/v1/query", json={"question": "What does the scratch note say about BM25?"}).status_code)
+            answered.append(
+                service.http.post(
+                    "/v1/query", json={"question": "What does the scratch note say about BM25?"}
+                ).status_code
+            )
 
     with ThreadPoolExecutor(5) as pool:
         askers = [pool.submit(ask_repeatedly) for _ in range(3)]
@@ -172,7 +209,9 @@ def test_deletes_during_queries(service):
 
 
 def test_a_valid_docx_still_indexes_after_all_that(service):
-    response = upload(service, ("fine.docx", docx_bytes([("Heading 1", "Rotation"), ("Normal", "Rotate keys every 90 days.")])))
+    response = upload(
+        service, ("fine.docx", docx_bytes([("Heading 1", "Rotation"), ("Normal", "Rotate keys every 90 days.")]))
+    )
     job = wait_for_job(service.http, response.json()["job_id"])
     assert job["files"][0]["status"] == "indexed"
     answer = service.http.post("/v1/query", json={"question": "How often should keys be rotated?"}).json()

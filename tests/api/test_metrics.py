@@ -68,7 +68,10 @@ def test_values_reflect_the_service(scraped, indexed):
     assert ("/v1/documents/{id}", "404") in statuses and ("/v1/documents", "202") in statuses
 
     counts = indexed.services.pipeline.catalog.counts()
-    gauge = {labels.get("status") or labels.get("state"): v for labels, v in values["ragtune_documents"] + values["ragtune_ingest_jobs"]}
+    gauge = {
+        labels.get("status") or labels.get("state"): v
+        for labels, v in values["ragtune_documents"] + values["ragtune_ingest_jobs"]
+    }
     assert gauge["indexed"] == counts["indexed"] == 5 and gauge["failed"] == 0 and gauge["done"] >= 1
     assert values["ragtune_chunks_indexed"][0][1] == counts["chunks"] > 0
     assert values["ragtune_ready"][0][1] == 1.0
@@ -117,9 +120,14 @@ def prometheus(indexed, tmp_path) -> Iterator[str]:
     )
     port = free_port()
     process = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("w"),
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "prometheus.log").open("w"),
     )
     try:
         yield f"http://127.0.0.1:{port}"
@@ -143,6 +151,8 @@ def test_a_real_prometheus_scrapes_and_queries_the_service(prometheus, indexed):
     ready = wait_until(lambda: query("ragtune_ready"), 30, "ragtune_ready in Prometheus")
     assert ready[0]["value"][1] == "1"
     answered = wait_until(
-        lambda: query('sum(ragtune_http_requests_total{route="/v1/query",status="200"})'), 30, "request counts in Prometheus"
+        lambda: query('sum(ragtune_http_requests_total{route="/v1/query",status="200"})'),
+        30,
+        "request counts in Prometheus",
     )
     assert float(answered[0]["value"][1]) >= 1

@@ -27,7 +27,9 @@ def test_answer_cites_its_source_with_page_and_snippet(indexed):
     assert first["chunk_id"] in {h["chunk_id"] for h in body["retrieved"]}
     assert set(body["timings_ms"]) == {"retrieve", "generate", "total"}
 
-    server = indexed.http.post("/v1/query", json={"question": "Which Milvus URI selects a server?", "top_k": 3, "mode": "bm25"}).json()
+    server = indexed.http.post(
+        "/v1/query", json={"question": "Which Milvus URI selects a server?", "top_k": 3, "mode": "bm25"}
+    ).json()
     assert "19530" in server["answer"] and len(server["retrieved"]) == 3
     assert all(set(h["scores"]) == {"bm25"} for h in server["retrieved"])
 
@@ -40,8 +42,12 @@ def test_off_topic_question_abstains(indexed):
 def test_retrieve_only_with_filters(indexed):
     body = indexed.http.post(
         "/v1/query",
-        json={"question": "retrieval latency alert", "retrieve_only": True, "top_k": 2,
-              "filters": {"sources": ["uploads/operations-guide.pdf"]}},
+        json={
+            "question": "retrieval latency alert",
+            "retrieve_only": True,
+            "top_k": 2,
+            "filters": {"sources": ["uploads/operations-guide.pdf"]},
+        },
     ).json()
     assert body["answer"] is None and body["citations"] == [] and set(body["timings_ms"]) == {"retrieve"}
     assert len(body["retrieved"]) == 2 and {h["source"] for h in body["retrieved"]} == {"uploads/operations-guide.pdf"}
@@ -160,7 +166,9 @@ def test_a_failure_mid_stream_is_an_error_event(indexed):
     pipeline = indexed.services.pipeline
     working, pipeline.generator = pipeline.generator, _CrashingGenerator()
     try:
-        with indexed.http.stream("POST", "/v1/query", json={"question": "Which Milvus URI selects a server?", "stream": True}) as response:
+        with indexed.http.stream(
+            "POST", "/v1/query", json={"question": "Which Milvus URI selects a server?", "stream": True}
+        ) as response:
             assert response.status_code == 200
             events = sse_events(response.read().decode())
     finally:

@@ -36,7 +36,10 @@ def test_every_api_route_needs_a_key(secured, path):
     for headers in ({}, bearer("wrong"), {"Authorization": f"Basic {CONFIGURED_KEY}"}):
         response = secured.get(path, headers=headers)
         assert response.status_code == 401 and response.headers["WWW-Authenticate"] == "Bearer"
-        assert response.json()["error"]["code"] == "unauthorized" and "Authorization: Bearer" in response.json()["error"]["message"]
+        assert (
+            response.json()["error"]["code"] == "unauthorized"
+            and "Authorization: Bearer" in response.json()["error"]["message"]
+        )
     refused = secured.post("/v1/query", json={"question": "hi"})
     assert refused.status_code == 401
 
@@ -52,9 +55,17 @@ def test_configured_and_stored_keys_work_until_revoked(secured):
     keys = KeyStore(secured.app.state.services.pipeline.catalog)
     created = keys.create("ci")
     # A running server picks up keys made by `ragtune keys create` within seconds.
-    wait_until(lambda: secured.get("/v1/documents", headers=bearer(created.secret)).status_code == 200, 10, "the new key to work")
+    wait_until(
+        lambda: secured.get("/v1/documents", headers=bearer(created.secret)).status_code == 200,
+        10,
+        "the new key to work",
+    )
     keys.revoke(created.key.id)
-    wait_until(lambda: secured.get("/v1/documents", headers=bearer(created.secret)).status_code == 401, 10, "the revoked key to fail")
+    wait_until(
+        lambda: secured.get("/v1/documents", headers=bearer(created.secret)).status_code == 401,
+        10,
+        "the revoked key to fail",
+    )
     with pytest.raises(KeyError, match="ragtune keys list"):
         keys.revoke("nope")
 
@@ -64,7 +75,10 @@ def test_rate_limit_per_key_answers_429_with_retry_after(secured):
     statuses = [secured.get("/v1/models", headers=bearer(limited_key)).status_code for _ in range(7)]
     assert statuses[:5] == [200] * 5 and statuses[5:] == [429, 429]
     refused = secured.get("/v1/models", headers=bearer(limited_key))
-    assert refused.json()["error"]["code"] == "rate_limited" and "60 requests per minute" in refused.json()["error"]["message"]
+    assert (
+        refused.json()["error"]["code"] == "rate_limited"
+        and "60 requests per minute" in refused.json()["error"]["message"]
+    )
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
     # Another key has its own bucket.
     assert secured.get("/v1/models", headers=bearer(CONFIGURED_KEY)).status_code == 200
@@ -83,7 +97,9 @@ def test_json_body_limit_before_and_while_reading(secured):
             yield b"y" * 1000
         yield b'"}'
 
-    streamed = secured.post("/v1/query", content=chunked(), headers=bearer(CONFIGURED_KEY) | {"Content-Type": "application/json"})
+    streamed = secured.post(
+        "/v1/query", content=chunked(), headers=bearer(CONFIGURED_KEY) | {"Content-Type": "application/json"}
+    )
     assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "payload_too_large"
 
 
@@ -101,11 +117,16 @@ def test_cors_allows_only_configured_origins(tmp_path, embedder):
     with app_client(settings, embedder) as client:
         allowed = client.options(
             "/v1/query",
-            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-                     "Access-Control-Request-Headers": "authorization,content-type"},
+            headers={
+                "Origin": "https://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization,content-type",
+            },
         )
         assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://app.example"
-        other = client.options("/v1/query", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        other = client.options(
+            "/v1/query", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
         # Without keys configured, the API is open (the local default).
         assert client.get("/v1/documents").status_code == 200
@@ -113,5 +134,7 @@ def test_cors_allows_only_configured_origins(tmp_path, embedder):
 
 def test_exempt_path_patterns():
     patterns = ["/health", "/ui/*", "/"]
-    assert path_is_exempt("/health", patterns) and path_is_exempt("/ui/app.js", patterns) and path_is_exempt("/", patterns)
+    assert (
+        path_is_exempt("/health", patterns) and path_is_exempt("/ui/app.js", patterns) and path_is_exempt("/", patterns)
+    )
     assert not path_is_exempt("/healthz", patterns) and not path_is_exempt("/v1/documents", patterns)

@@ -36,19 +36,27 @@ def test_store_outage_is_503_and_the_service_recovers(tmp_path, embedder, milvus
         body = ready.json()
         assert body["ready"] is False and body["checks"]["store"]["ok"] is False
         assert body["checks"]["catalog"]["ok"] and body["checks"]["embedder"]["ok"]
-        assert body["error"]["code"] == "not_ready" and f"Milvus at {milvus.uri} does not accept connections" in body["error"]["message"]
+        assert (
+            body["error"]["code"] == "not_ready"
+            and f"Milvus at {milvus.uri} does not accept connections" in body["error"]["message"]
+        )
 
         for request in (QUESTION, QUESTION | {"retrieve_only": True}):
             down = client.post("/v1/query", json=request)
             assert down.status_code == 503 and down.headers["Retry-After"] == "5"
-            assert down.json()["error"]["code"] == "store_unavailable" and "check that the server is up" in down.json()["error"]["message"]
+            assert (
+                down.json()["error"]["code"] == "store_unavailable"
+                and "check that the server is up" in down.json()["error"]["message"]
+            )
         assert client.delete(f"/v1/documents/{doc_id}").status_code == 503
         assert "ragtune_ready 0.0" in client.get("/metrics").text
         assert client.get("/health").status_code == 200  # liveness does not depend on the store
         assert time.monotonic() - started < 10  # failing fast, not waiting out client retries
 
         # An upload during the outage is accepted and waits in the queue.
-        queued = client.post("/v1/documents", files=[("files", ("later.md", b"# Later\n\nIndexed after the outage."))]).json()
+        queued = client.post(
+            "/v1/documents", files=[("files", ("later.md", b"# Later\n\nIndexed after the outage."))]
+        ).json()
         time.sleep(1.5)
         assert client.get(f"/v1/jobs/{queued['job_id']}").json()["state"] == "queued"
 

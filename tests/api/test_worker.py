@@ -56,5 +56,8 @@ def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(pipeline,
     assert worker.run_once()
     released = queue.get(job.id)
     assert released.state == QUEUED and released.attempts == 1
-    assert released.error == "attempt 1 failed, will retry: StoreUnavailableError: Milvus at http://milvus:19530 is unreachable"
+    assert (
+        released.error
+        == "attempt 1 failed, will retry: StoreUnavailableError: Milvus at http://milvus:19530 is unreachable"
+    )
     assert pipeline.catalog.get(job.files[0].doc_id).status == "pending"  # redone, without duplicates, on retry

@@ -53,20 +53,42 @@ def postgres() -> Iterator[str]:
     port = free_port()
     subprocess.run(
         [bindir / "initdb", "-D", root / "data", "-U", "ragtune", "-A", "trust", "-E", "UTF8", "--no-sync"],
-        check=True, capture_output=True, preexec_fn=demote, timeout=120,
+        check=True,
+        capture_output=True,
+        preexec_fn=demote,
+        timeout=120,
     )
     log = (root / "postgres.log").open("w")
     server = subprocess.Popen(
-        [bindir / "postgres", "-D", root / "data", "-h", "127.0.0.1", "-p", str(port), "-k", root,
-         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        stdout=log, stderr=subprocess.STDOUT, preexec_fn=demote,
+        [
+            bindir / "postgres",
+            "-D",
+            root / "data",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-k",
+            root,
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=demote,
     )
     try:
         import psycopg
 
         def connects() -> bool:
             try:
-                with psycopg.connect(f"postgresql://ragtune@127.0.0.1:{port}/postgres", connect_timeout=2, autocommit=True) as conn:
+                with psycopg.connect(
+                    f"postgresql://ragtune@127.0.0.1:{port}/postgres", connect_timeout=2, autocommit=True
+                ) as conn:
                     conn.execute("CREATE DATABASE ragtune")
                 return True
             except psycopg.OperationalError:
@@ -92,7 +114,9 @@ class WorkerProcess:
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.log_path = log_dir / f"{name}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ragtune.cli", "worker"], env=env, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "ragtune.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
             stderr=self.log_path.open("w"),
         )
 
@@ -177,7 +201,9 @@ def test_killed_worker_job_is_finished_by_the_other_without_duplicates(api, work
         )
         for n in range(4)
     }
-    accepted = api.post("/v1/documents", files=[("files", (name, text.encode())) for name, text in texts.items()]).json()
+    accepted = api.post(
+        "/v1/documents", files=[("files", (name, text.encode())) for name, text in texts.items()]
+    ).json()
     job_id = accepted["job_id"]
 
     def mid_job() -> dict | None:
@@ -197,7 +223,11 @@ def test_killed_worker_job_is_finished_by_the_other_without_duplicates(api, work
 
     settings = Settings()
     expected = {
-        d["document_id"]: len(chunk_document(load_bytes(texts[d["filename"]].encode(), d["source"]), settings.chunk_size, settings.chunk_overlap))
+        d["document_id"]: len(
+            chunk_document(
+                load_bytes(texts[d["filename"]].encode(), d["source"]), settings.chunk_size, settings.chunk_overlap
+            )
+        )
         for d in accepted["documents"]
     }
     for doc_id, count in expected.items():

@@ -49,8 +49,9 @@ def tool(name: str) -> str:
     pytest.fail(f"{name} is not installed: {hint}", pytrace=False)
 
 
-def run(cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(
+    cmd: list[str], *, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """Runs a command and returns it, whatever its exit status (the caller asserts)."""
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -94,8 +95,20 @@ def contract_series_names() -> set[str]:
 
 # --- reading PromQL ----------------------------------------------------------------------------
 _KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "inf", "nan", "atan2",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
 }
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
 _MATCHERS = re.compile(r"\{([^{}]*)\}")
@@ -113,16 +126,16 @@ def promql_metric_names(expr: str) -> set[str]:
     ['a_bucket', 'b']
     """
     text = _strip_strings(expr)
-    text = re.sub(r"\$\{?\w+\}?", " ", text)          # Grafana variables ($__rate_interval)
-    text = re.sub(r"\[[^\]]*\]", " ", text)            # range and subquery selectors
+    text = re.sub(r"\$\{?\w+\}?", " ", text)  # Grafana variables ($__rate_interval)
+    text = re.sub(r"\[[^\]]*\]", " ", text)  # range and subquery selectors
     text = _GROUPING.sub(" ", text)
     text = _MATCHERS.sub(" ", text)
     text = re.sub(r"\b\d+(\.\d+)?([eE][+-]?\d+)?[smhdwy]?\b", " ", text)  # numbers, durations
     names = set()
     for match in _IDENT.finditer(text):
-        following = text[match.end():].lstrip()
+        following = text[match.end() :].lstrip()
         if following.startswith("("):
-            continue                                  # a function or aggregation
+            continue  # a function or aggregation
         if match.group().lower() in _KEYWORDS:
             continue
         names.add(match.group())

@@ -49,6 +49,8 @@ def test_ci_runs_make_test_and_pushes_only_on_tags() -> None:
             assert (REPO / step["with"]["file"]).is_file()
             assert step["with"]["target"] in targets
             push = step["with"]["push"]
-            assert push == "${{ env.PUSH == 'true' }}" or (push is True and step.get("if") == "env.PUSH == 'true'"), step
+            assert push == "${{ env.PUSH == 'true' }}" or (push is True and step.get("if") == "env.PUSH == 'true'"), (
+                step
+            )
         if uses.startswith("docker/login-action"):
             assert step["if"] == "env.PUSH == 'true'"

@@ -31,13 +31,33 @@ STATE = {
     "grafana": "/var/lib/grafana",
 }
 # Settings the compose file sets for its own layout, not to the app's defaults.
-LAYOUT_SETTINGS = {"data_dir", "milvus_uri", "catalog_url", "torch_threads", "api_keys", "embedded_worker", "llm_base_url"}
+LAYOUT_SETTINGS = {
+    "data_dir",
+    "milvus_uri",
+    "catalog_url",
+    "torch_threads",
+    "api_keys",
+    "embedded_worker",
+    "llm_base_url",
+}
 
 
 def compose(*args: str, env_file: Path = ENV_EXAMPLE, compose_file: Path = COMPOSE):
     # --project-directory: relative paths resolve against deploy/docker wherever the file is.
-    return run([tool("docker-compose"), "--env-file", str(env_file), "-f", str(compose_file),
-                "--project-directory", str(DOCKER), *args], cwd=DOCKER, env=clean_env())
+    return run(
+        [
+            tool("docker-compose"),
+            "--env-file",
+            str(env_file),
+            "-f",
+            str(compose_file),
+            "--project-directory",
+            str(DOCKER),
+            *args,
+        ],
+        cwd=DOCKER,
+        env=clean_env(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +157,9 @@ def test_ragtune_settings_are_app_settings_with_app_defaults(tmp_path: Path) -> 
             if field in LAYOUT_SETTINGS:
                 continue
             parsed = getattr(Settings(_env_file=None, **{field: value}), field)
-            assert parsed == Settings.model_fields[field].get_default(call_default_factory=True), f"{name}: {key}={value!r}"
+            assert parsed == Settings.model_fields[field].get_default(call_default_factory=True), (
+                f"{name}: {key}={value!r}"
+            )
 
 
 def test_no_secret_is_written_in_the_compose_file() -> None:

@@ -141,29 +141,42 @@ def _ignored(patterns: list[str], path: str) -> bool:
     for pattern in patterns:
         negate = pattern.startswith("!")
         pattern = pattern.lstrip("!").rstrip("/")
-        if any(fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", "*/")) for p in prefixes):
+        if any(
+            fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p, pattern.replace("**/", "*/")) for p in prefixes
+        ):
             ignored = not negate
     return ignored
 
 
 def test_build_context_has_the_inputs_and_nothing_secret() -> None:
-    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     sources = re.findall(r"^COPY (?!--from)(?:--\S+ )*(\S+) ", DOCKERFILE.read_text(), re.MULTILINE)
     assert sources, "no COPY found"
     for source in sources:
         assert (REPO / source).exists(), source
         assert not _ignored(patterns, source), f"{source} is copied but excluded by .dockerignore"
     assert not _ignored(patterns, "src/ragtune/config.py")
-    for secret in (".venv/bin/python", ".git/config", "deploy/docker/.env", "tools/helm", "data/milvus.db",
-                   "src/ragtune/__pycache__/cli.cpython-311.pyc", "src/ragtune.egg-info/PKG-INFO"):
+    for secret in (
+        ".venv/bin/python",
+        ".git/config",
+        "deploy/docker/.env",
+        "tools/helm",
+        "data/milvus.db",
+        "src/ragtune/__pycache__/cli.cpython-311.pyc",
+        "src/ragtune.egg-info/PKG-INFO",
+    ):
         assert _ignored(patterns, secret), f"{secret} would be sent to the Docker daemon"
 
 
 # --- the HEALTHCHECK script, run as Docker would run it ----------------------------------------
 
+
 class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         self.send_response(200 if self.path == "/health" else 503)
         self.end_headers()
 

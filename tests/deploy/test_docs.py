@@ -21,7 +21,17 @@ def test_every_referenced_file_exists() -> None:
 
 def test_covers_a_real_deployment() -> None:
     text = README.read_text()
-    for topic in ("kubectl create namespace", "cluster.enabled=true", "GPU node pool", "Ingress with TLS",
-                  "### Scaling", "helm rollback", "### Backup of Milvus and PostgreSQL", "pg_dump",
-                  "milvus-backup", "vendored stand-ins", "docker compose run --rm ragtune ragtune ingest /data"):
+    for topic in (
+        "kubectl create namespace",
+        "cluster.enabled=true",
+        "GPU node pool",
+        "Ingress with TLS",
+        "### Scaling",
+        "helm rollback",
+        "### Backup of Milvus and PostgreSQL",
+        "pg_dump",
+        "milvus-backup",
+        "vendored stand-ins",
+        "docker compose run --rm ragtune ragtune ingest /data",
+    ):
         assert topic in text, topic

@@ -42,11 +42,15 @@ def pod_spec(doc: dict) -> dict:
 def ragtune_workloads(rendered: Rendered) -> list[dict]:
     """Every ragtune-owned pod template (not the vendored Milvus / PostgreSQL stand-ins)."""
     kinds = ("Deployment", "Job", "CronJob", "Pod")
-    return [doc for doc in rendered.docs if doc["kind"] in kinds
-            and doc["metadata"]["labels"].get("app.kubernetes.io/name") == "ragtune"]
+    return [
+        doc
+        for doc in rendered.docs
+        if doc["kind"] in kinds and doc["metadata"]["labels"].get("app.kubernetes.io/name") == "ragtune"
+    ]
 
 
 # --- lint and schema validation ----------------------------------------------------------------
+
 
 @pytest.mark.parametrize("values", [None, PROD_VALUES], ids=["default", "production"])
 def test_helm_lint_strict(helm: str, values: Path | None) -> None:
@@ -60,8 +64,10 @@ def test_helm_lint_strict(helm: str, values: Path | None) -> None:
 def test_client_side_install_renders_hooks_tests_and_notes(helm: str, values: Path | None) -> None:
     # --dry-run=client needs no cluster (KUBECONFIG points nowhere) and renders NOTES.txt too.
     args = ["-f", str(values)] if values else []
-    result = run([helm, "install", RELEASE, str(CHART), "-n", "ragtune", "--dry-run=client", *args],
-                 env=clean_env(KUBECONFIG="/dev/null"))
+    result = run(
+        [helm, "install", RELEASE, str(CHART), "-n", "ragtune", "--dry-run=client", *args],
+        env=clean_env(KUBECONFIG="/dev/null"),
+    )
     assert result.returncode == 0, result.stderr
     notes = result.stdout.split("NOTES:", 1)[1]
     assert f"helm test {RELEASE} -n ragtune" in notes
@@ -84,9 +90,18 @@ VARIANTS = {
     # The oldest Kubernetes the chart supports, as .Capabilities.KubeVersion too.
     "production-on-1.29": ("-f", str(PROD_VALUES), "--api-versions", SERVICE_MONITOR_API, "--kube-version", "1.29.0"),
     "no-autoscaling-persistence": (
-        "--set", "api.autoscaling.enabled=false", "--set", "api.replicas=3",
-        "--set", "persistence.enabled=true", "--set", "worker.enabled=false",
-        "--set", "api.podAntiAffinity=none", "--set", "ingress.enabled=true",
+        "--set",
+        "api.autoscaling.enabled=false",
+        "--set",
+        "api.replicas=3",
+        "--set",
+        "persistence.enabled=true",
+        "--set",
+        "worker.enabled=false",
+        "--set",
+        "api.podAntiAffinity=none",
+        "--set",
+        "ingress.enabled=true",
     ),
     "llm-network-policy": ("--set", "llm.enabled=true", "--set", "networkPolicy.enabled=true"),
 }
@@ -141,13 +156,22 @@ SCHEMA_VIOLATIONS = {
 }
 
 TEMPLATE_FAILURES = {
-    "overlap-above-size": ({"config": {"chunk_size": 200, "chunk_overlap": 200}}, "chunk_overlap (200) must be smaller than config.chunk_size (200)"),
+    "overlap-above-size": (
+        {"config": {"chunk_size": 200, "chunk_overlap": 200}},
+        "chunk_overlap (200) must be smaller than config.chunk_size (200)",
+    ),
     "password-in-url": (
         {"postgresql": {"enabled": False}, "externalPostgresql": {"url": "postgresql+psycopg://u:secret@db:5432/x"}},
         "must not contain a password",
     ),
-    "hpa-min-above-max": ({"api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}, "minReplicas (5) is above maxReplicas (3)"),
-    "hpa-without-cpu-request": ({"api": {"resources": {"requests": {"cpu": None}}}}, "needs api.resources.requests.cpu"),
+    "hpa-min-above-max": (
+        {"api": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}},
+        "minReplicas (5) is above maxReplicas (3)",
+    ),
+    "hpa-without-cpu-request": (
+        {"api": {"resources": {"requests": {"cpu": None}}}},
+        "needs api.resources.requests.cpu",
+    ),
     "milvus-cluster-mode": ({"milvus": {"cluster": {"enabled": True}}}, "standalone-only stand-in"),
 }
 
@@ -174,6 +198,7 @@ def test_inconsistent_values_fail_template_with_the_fix(helm: str, tmp_path: Pat
 
 
 # --- the API Deployment ------------------------------------------------------------------------
+
 
 def test_probes_use_the_app_routes_and_port(default_render: Rendered) -> None:
     api = default_render.get("Deployment", API)
@@ -230,7 +255,10 @@ def test_pod_anti_affinity_across_hostnames(render, mode: str) -> None:
 
 def test_pdb_selects_the_api_pods(default_render: Rendered, render) -> None:
     (pdb,) = default_render.kinds("PodDisruptionBudget")
-    assert pdb["spec"]["selector"]["matchLabels"] == default_render.get("Deployment", API)["spec"]["selector"]["matchLabels"]
+    assert (
+        pdb["spec"]["selector"]["matchLabels"]
+        == default_render.get("Deployment", API)["spec"]["selector"]["matchLabels"]
+    )
     assert pdb["spec"]["minAvailable"] == 1
     # One API pod and a budget of one would block every node drain: no budget then.
     single = render("--set", "api.autoscaling.enabled=false", "--set", "api.replicas=1")
@@ -252,7 +280,9 @@ def test_service_and_ingress_reach_the_api(production_render: Rendered) -> None:
 
 
 @pytest.mark.parametrize("which", ["default", "production"])
-def test_every_ragtune_container_is_locked_down(default_render: Rendered, production_render: Rendered, which: str) -> None:
+def test_every_ragtune_container_is_locked_down(
+    default_render: Rendered, production_render: Rendered, which: str
+) -> None:
     rendered = default_render if which == "default" else production_render
     workloads = ragtune_workloads(rendered)
     assert len(workloads) >= (3 if which == "default" else 6)
@@ -271,6 +301,7 @@ def test_every_ragtune_container_is_locked_down(default_render: Rendered, produc
 
 
 # --- settings: the ConfigMap and Secret speak the app's RAGTUNE_* names --------------------------
+
 
 def _setting_keys(data: dict) -> set[str]:
     assert all(key.startswith("RAGTUNE_") for key in data), sorted(data)
@@ -310,7 +341,9 @@ def test_chart_defaults_are_the_app_defaults(default_render: Rendered) -> None:
         name = key.removeprefix("RAGTUNE_").lower()
         if name in DERIVED_SETTINGS:
             continue
-        assert app_value(name, text) == app_default(name), f"{key}={text!r} but the app's default is {app_default(name)!r}"
+        assert app_value(name, text) == app_default(name), (
+            f"{key}={text!r} but the app's default is {app_default(name)!r}"
+        )
     # Large numbers survive Helm's float64 values (no 5.24288e+07).
     assert data["RAGTUNE_MAX_FILE_BYTES"] == str(Settings.model_fields["max_file_bytes"].default)
 
@@ -342,7 +375,9 @@ def test_chart_layout_settings(default_render: Rendered, render) -> None:
     assert app_value("embedded_worker", alone["RAGTUNE_EMBEDDED_WORKER"]) is True
     # Lists reach the app as lists.
     assert app_value("auth_exempt_paths", data["RAGTUNE_AUTH_EXEMPT_PATHS"]) == app_default("auth_exempt_paths")
-    origins = render("--set", "config.cors_origins={https://a.example,https://b.example}").get("ConfigMap", FULLNAME)["data"]
+    origins = render("--set", "config.cors_origins={https://a.example,https://b.example}").get("ConfigMap", FULLNAME)[
+        "data"
+    ]
     assert app_value("cors_origins", origins["RAGTUNE_CORS_ORIGINS"]) == ["https://a.example", "https://b.example"]
 
 
@@ -377,12 +412,15 @@ def test_production_uses_external_services_and_an_existing_secret(production_ren
 
 # --- worker, LLM, indexing, monitoring ---------------------------------------------------------
 
+
 def test_worker_runs_the_worker_command(default_render: Rendered) -> None:
     (container,) = containers(default_render.get("Deployment", f"{FULLNAME}-worker"))
     assert container["command"] == ["ragtune", "worker"]
 
 
-def test_llm_is_off_by_default_and_on_a_gpu_node_when_enabled(default_render: Rendered, production_render: Rendered) -> None:
+def test_llm_is_off_by_default_and_on_a_gpu_node_when_enabled(
+    default_render: Rendered, production_render: Rendered
+) -> None:
     assert f"{FULLNAME}-llm" not in default_render.names("Deployment")
     llm = production_render.get("Deployment", f"{FULLNAME}-llm")
     spec = pod_spec(llm)
@@ -406,7 +444,10 @@ def test_indexing_is_an_indexed_sharded_job(production_render: Rendered, kind: s
     (container,) = containers(doc)
     assert container["command"] == ["ragtune", "ingest", "/data", "--shard", f"$(JOB_COMPLETION_INDEX)/{shards}"]
     (index_env,) = [e for e in container["env"] if e["name"] == "JOB_COMPLETION_INDEX"]
-    assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert (
+        index_env["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/data"]["readOnly"] is True
     if kind == "Job":
@@ -417,8 +458,14 @@ def test_indexing_is_an_indexed_sharded_job(production_render: Rendered, kind: s
 
 
 def test_shard_count_follows_values(render) -> None:
-    rendered = render("--set", "indexing.job.enabled=true", "--set", "indexing.shards=3",
-                      "--set", "indexing.volume.persistentVolumeClaim.claimName=docs")
+    rendered = render(
+        "--set",
+        "indexing.job.enabled=true",
+        "--set",
+        "indexing.shards=3",
+        "--set",
+        "indexing.volume.persistentVolumeClaim.claimName=docs",
+    )
     (job,) = rendered.kinds("Job")
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 3
     assert containers(job)[0]["command"][-1] == "$(JOB_COMPLETION_INDEX)/3"
@@ -428,14 +475,19 @@ def test_service_monitor_only_where_the_crd_exists(render, production_render: Re
     without_crd = render("-f", str(PROD_VALUES))
     assert not without_crd.kinds("ServiceMonitor")
     (monitor,) = production_render.kinds("ServiceMonitor")
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
     assert monitor["spec"]["selector"]["matchLabels"] == production_render.get("Service", FULLNAME)["spec"]["selector"]
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
 
 def test_network_policy_admits_the_release_and_listed_peers(production_render: Rendered) -> None:
     policy = production_render.get("NetworkPolicy", API)
-    assert policy["spec"]["podSelector"]["matchLabels"] == production_render.get("Deployment", API)["spec"]["selector"]["matchLabels"]
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == production_render.get("Deployment", API)["spec"]["selector"]["matchLabels"]
+    )
     peers = policy["spec"]["ingress"][0]["from"]
     assert {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE}}} in peers
     assert len(peers) == 3

@@ -52,6 +52,7 @@ def dashboard_expressions() -> dict[str, str]:
 
 # --- promtool ----------------------------------------------------------------------------------
 
+
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -66,8 +67,12 @@ def test_rule_unit_tests_pass() -> None:
 
 def test_every_alert_has_a_unit_test() -> None:
     alerts = {name for name, _ in rule_expressions().items() if not name.startswith("ragtune:")}
-    tested = {case["alertname"] for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
-              for case in test.get("alert_rule_test", []) if case.get("exp_alerts")}
+    tested = {
+        case["alertname"]
+        for test in yaml.safe_load(RULE_TESTS.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case.get("exp_alerts")
+    }
     assert alerts == tested, f"alerts never shown firing in a unit test: {sorted(alerts - tested)}"
 
 
@@ -79,7 +84,11 @@ def test_compose_prometheus_config_and_its_rule_files_pass_promtool() -> None:
 
 def test_broken_rule_file_fails_promtool_check(tmp_path: Path) -> None:
     broken = tmp_path / "broken.rules.yml"
-    broken.write_text(RULES.read_text().replace("(rate(ragtune_http_requests_total[5m]))", "(rate(ragtune_http_requests_total[5m])", 1))
+    broken.write_text(
+        RULES.read_text().replace(
+            "(rate(ragtune_http_requests_total[5m]))", "(rate(ragtune_http_requests_total[5m])", 1
+        )
+    )
     result = promtool("check", "rules", str(broken))
     assert result.returncode != 0
     assert "parse error" in result.stdout + result.stderr
@@ -88,7 +97,9 @@ def test_broken_rule_file_fails_promtool_check(tmp_path: Path) -> None:
 def test_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
     (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
-    mutated = RULES.read_text().replace("ragtune:http_errors:ratio_rate5m > 0.05", "ragtune:http_errors:ratio_rate5m > 0.5")
+    mutated = RULES.read_text().replace(
+        "ragtune:http_errors:ratio_rate5m > 0.05", "ragtune:http_errors:ratio_rate5m > 0.5"
+    )
     assert mutated != RULES.read_text()
     (tmp_path / "rules" / RULES.name).write_text(mutated)
     shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
@@ -98,6 +109,7 @@ def test_unit_tests_catch_a_changed_threshold(tmp_path: Path) -> None:
 
 
 # --- metric names: the contract ----------------------------------------------------------------
+
 
 def test_promql_reader_finds_metric_names() -> None:
     expr = 'histogram_quantile(0.95, sum by (le, mode) (rate(a_bucket{mode!~"x|y"}[$__rate_interval]))) / b offset 5m > bool 0'
@@ -141,9 +153,14 @@ def test_dashboard_uses_only_contract_metrics() -> None:
     _check_names(expressions, contract_series_names())
     used = set().union(*(promql_metric_names(e) for e in expressions.values()))
     # The panels the issue asks for: request rate, errors, retrieval / LLM / vector-store latency, jobs.
-    for needed in ("ragtune_http_requests_total", "ragtune_retrieval_duration_seconds_bucket",
-                   "ragtune_generation_duration_seconds_bucket", "ragtune_vectorstore_query_duration_seconds_bucket",
-                   "ragtune_ingest_jobs", "ragtune_ready"):
+    for needed in (
+        "ragtune_http_requests_total",
+        "ragtune_retrieval_duration_seconds_bucket",
+        "ragtune_generation_duration_seconds_bucket",
+        "ragtune_vectorstore_query_duration_seconds_bucket",
+        "ragtune_ingest_jobs",
+        "ragtune_ready",
+    ):
         assert needed in used, f"no panel shows {needed}"
 
 
@@ -156,7 +173,7 @@ def test_dashboard_is_well_formed() -> None:
     assert len(ids) == len(set(ids))
     for panel in dashboard["panels"]:
         grid = panel["gridPos"]
-        assert 0 <= grid["x"] and grid["x"] + grid["w"] <= 24, panel["title"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
         if panel["type"] == "row":
             continue
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
@@ -166,15 +183,20 @@ def test_dashboard_is_well_formed() -> None:
 def test_grafana_provisioning_matches_compose() -> None:
     services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
     mounts = {m.split(":")[1]: m.split(":")[0] for m in services["grafana"]["volumes"] if m.startswith("../")}
-    provider = yaml.safe_load((PROMETHEUS.parent / "grafana" / "provisioning" / "dashboards" / "ragtune.yml").read_text())
+    provider = yaml.safe_load(
+        (PROMETHEUS.parent / "grafana" / "provisioning" / "dashboards" / "ragtune.yml").read_text()
+    )
     path = provider["providers"][0]["options"]["path"]
     assert mounts[path] == "../grafana/dashboards"
-    source = yaml.safe_load((PROMETHEUS.parent / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    source = yaml.safe_load(
+        (PROMETHEUS.parent / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    )
     assert source["datasources"][0]["url"] == "http://prometheus:9090"
     assert "prometheus" in services
 
 
 # --- metric names: a running server ------------------------------------------------------------
+
 
 def _get(url: str) -> tuple[int, str]:
     try:
@@ -191,11 +213,17 @@ def live_metrics(tmp_path_factory: pytest.TempPathFactory) -> str:
         pytest.skip("ragtune.api (the service, issue 3) does not exist yet: no server to scrape")
     port = free_port()
     data_dir = tmp_path_factory.mktemp("serve-data")
-    env = clean_env(RAGTUNE_DATA_DIR=str(data_dir), RAGTUNE_TORCH_THREADS="1",
-                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = clean_env(
+        RAGTUNE_DATA_DIR=str(data_dir), RAGTUNE_TORCH_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1"
+    )
     log = (data_dir / "serve.log").open("w")
-    server = subprocess.Popen([str(VENV_BIN / "ragtune"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
+    server = subprocess.Popen(
+        [str(VENV_BIN / "ragtune"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=data_dir,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -258,4 +286,3 @@ def test_rules_and_dashboard_name_served_metrics(live_metrics: str) -> None:
     for where, expr in {**rule_expressions(), **dashboard_expressions()}.items():
         unknown = promql_metric_names(expr) - names - recorded
         assert not unknown, f"{where}: {sorted(unknown)} is not in /metrics of a running ragtune"
-

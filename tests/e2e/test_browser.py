@@ -15,8 +15,13 @@ from tests.api.support import SAMPLES, served, service_settings
 CHROMIUM = Path("/usr/lib/chromium/chromium")
 # DESIGN.md §3: what Debian's Chromium needs to run headless in a container.
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

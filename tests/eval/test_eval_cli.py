@@ -29,7 +29,9 @@ def squad_slice(tmp_path_factory) -> Path:
     qrels = [line.split("\t") for line in (SQUAD_DEV / "qrels" / "test.tsv").read_text().splitlines()[1:]]
     query_ids = {q for q, doc, _ in qrels if doc in kept}
     (root / "qrels").mkdir()
-    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if r[0] in query_ids))
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if r[0] in query_ids)
+    )
     queries = [line for line in (SQUAD_DEV / "queries.jsonl").open() if json.loads(line)["_id"] in query_ids]
     (root / "queries.jsonl").write_text("".join(queries))
     unanswerable = [line for line in (SQUAD_DEV / "unanswerable.jsonl").open()][:20]
@@ -40,7 +42,10 @@ def squad_slice(tmp_path_factory) -> Path:
 def _eval(*args: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "ragtune.cli", "eval", *args, "--json"],
-        capture_output=True, text=True, timeout=600, env=os.environ | {"RAGTUNE_TORCH_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ | {"RAGTUNE_TORCH_THREADS": "2"},
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # stdout holds exactly one JSON object; logs go to stderr
@@ -78,7 +83,12 @@ def test_answers_eval_without_answers_is_a_usage_error(tmp_path):
     (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\td\t1\n")
     (tmp_path / "queries.jsonl").write_text('{"_id": "q", "text": "What is it?"}\n')
     (tmp_path / "corpus.jsonl").write_text('{"_id": "d", "text": "It is a river."}\n')
-    result = subprocess.run([sys.executable, "-m", "ragtune.cli", "eval", "answers", str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", "eval", "answers", str(tmp_path), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "no query in queries.jsonl has an 'answers' list" in result.stderr
 
 
@@ -90,5 +100,5 @@ def test_bad_dataset_is_reported_with_file_and_line(tmp_path):
     with pytest.raises(DatasetError, match=r"corpus.jsonl:2: not valid JSON"):
         load_beir(tmp_path)
     (tmp_path / "corpus.jsonl").unlink()
-    with pytest.raises(DatasetError, match="corpus.jsonl is missing"):
+    with pytest.raises(DatasetError, match=r"corpus.jsonl is missing"):
         load_beir(tmp_path)

@@ -16,9 +16,17 @@ from tests.builders import build_tiny_llama
 QA_ROWS = [
     {"question": "who created milvus ?", "answer": "zilliz", "context": "milvus was created by zilliz ."},
     {"question": "what is milvus ?", "answer": "a vector database", "context": "milvus is a vector database ."},
-    {"question": "where does the rhine flow ?", "answer": "through switzerland", "context": "the rhine river flows through switzerland ."},
+    {
+        "question": "where does the rhine flow ?",
+        "answer": "through switzerland",
+        "context": "the rhine river flows through switzerland .",
+    },
     {"question": "what is the capital of france ?", "answer": "paris", "context": "paris is the capital of france ."},
-    {"question": "what is paris ?", "answer": "the capital of france , a city on a river", "context": "paris is the capital of france , a city on a river ."},
+    {
+        "question": "what is paris ?",
+        "answer": "the capital of france , a city on a river",
+        "context": "paris is the capital of france , a city on a river .",
+    },
     {"question": "who was hacked ?", "answer": None},
 ]
 

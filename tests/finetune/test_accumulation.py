@@ -83,8 +83,12 @@ def test_loss_over_kept_logits_equals_the_loss_over_all_positions(setup):
     trainable, examples = setup("none")
     batch = collate(examples[:4], trainable.tokenizer.pad_token_id)
     fast = summed_token_loss(trainable.model, batch)
-    logits = trainable.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
-    full = F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    logits = trainable.model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]
+    ).logits
+    full = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     assert torch.allclose(fast, full, rtol=1e-5)
     assert int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) == sum(e.target_tokens for e in examples[:4])
 

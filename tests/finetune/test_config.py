@@ -9,10 +9,28 @@ import pytest
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 
 REPO = Path(__file__).resolve().parents[2]
-DOCUMENTED_KEYS = (
-    "model data output_dir global_batch micro_batch grad_accum_steps devices max_steps lr warmup_steps seed "
-    "shuffle max_seq_len lora_r lora_alpha lora_dropout target_modules quant deepspeed save_every"
-).split()
+DOCUMENTED_KEYS = [
+    "model",
+    "data",
+    "output_dir",
+    "global_batch",
+    "micro_batch",
+    "grad_accum_steps",
+    "devices",
+    "max_steps",
+    "lr",
+    "warmup_steps",
+    "seed",
+    "shuffle",
+    "max_seq_len",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "quant",
+    "deepspeed",
+    "save_every",
+]
 
 
 def test_every_documented_key_exists():

@@ -23,15 +23,28 @@ def test_deepspeed_config_takes_its_batch_keys_from_the_plan(make_config):
     plan = plan_batch(global_batch=64, micro_batch=8, devices=4)
     config = make_config(deepspeed=3, offload_optimizer="cpu", offload_params="cpu", max_grad_norm=0.5)
     ds = deepspeed_config(config, plan, torch.bfloat16)
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (64, 8, 2)
-    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * plan.devices
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        64,
+        8,
+        2,
+    )
+    assert (
+        ds["train_batch_size"]
+        == ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * plan.devices
+    )
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert ds["optimizer"]["type"] == "AdamW" and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"]
 
-    plain = deepspeed_config(make_config(deepspeed=2), plan_batch(global_batch=8, micro_batch=2, devices=2), torch.float32)
-    assert "optimizer" not in plain and "offload_optimizer" not in plain["zero_optimization"] and not plain["bf16"]["enabled"]
+    plain = deepspeed_config(
+        make_config(deepspeed=2), plan_batch(global_batch=8, micro_batch=2, devices=2), torch.float32
+    )
+    assert (
+        "optimizer" not in plain
+        and "offload_optimizer" not in plain["zero_optimization"]
+        and not plain["bf16"]["enabled"]
+    )
 
 
 def _losses(run_dir) -> list[float]:
@@ -61,12 +74,18 @@ def test_two_process_zero_run_matches_one_process_with_the_same_global_batch(tmp
     path.write_text(yaml.safe_dump(json.loads(distributed.model_dump_json())))
     module = ["-m", "ragtune.cli"] if launcher == "torchrun" else ["ragtune.cli"]
     command = [*LAUNCHERS[launcher], str(free_port()), *module, "finetune", str(path)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "global batch 8 = micro batch 2 × devices 2 × grad accumulation steps 2" in result.stderr
 
     ds = json.loads((distributed.output_dir / "deepspeed.json").read_text())
-    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (8, 2, 2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == (
+        8,
+        2,
+        2,
+    )
     assert ds["zero_optimization"]["stage"] == stage
     one, two = _losses(single.output_dir), _losses(distributed.output_dir)
     assert len(one) == len(two) == 4 and one[-1] < one[0]

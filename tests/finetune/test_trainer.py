@@ -28,12 +28,16 @@ def test_six_steps_equal_three_then_resume_then_three(make_config, capsys):
     straight = make_config("straight", max_steps=6, save_every=3, lora_dropout=0.1)
     result = train(straight)
     assert result.steps == 6 and not result.interrupted
-    assert "batch plan: global batch 4 = micro batch 2 × devices 1 × grad accumulation steps 2" in capsys.readouterr().err
+    assert (
+        "batch plan: global batch 4 = micro batch 2 × devices 1 × grad accumulation steps 2" in capsys.readouterr().err
+    )
 
     # What a run stopped after step 3 leaves behind: its output dir up to that checkpoint.
     resumed = make_config("resumed", max_steps=6, save_every=3, lora_dropout=0.1)
     (resumed.output_dir / "checkpoints").mkdir(parents=True)
-    shutil.copytree(straight.output_dir / "checkpoints" / "step-000003", resumed.output_dir / "checkpoints" / "step-000003")
+    shutil.copytree(
+        straight.output_dir / "checkpoints" / "step-000003", resumed.output_dir / "checkpoints" / "step-000003"
+    )
     assert train(resumed, resume=True).steps == 6
     assert "resumed from" in capsys.readouterr().err
 
@@ -64,7 +68,9 @@ def test_run_writes_metrics_plot_summary_and_checkpoints(make_config):
     assert result.examples["train"] + result.examples["eval"] == 24 - result.examples["too_long"]
 
 
-@pytest.mark.parametrize(("quant", "optimizer"), [("nf4", "adamw"), ("bnb", "adamw"), ("none", "adamw"), ("nf4", "adamw8bit")])
+@pytest.mark.parametrize(
+    ("quant", "optimizer"), [("nf4", "adamw"), ("bnb", "adamw"), ("none", "adamw"), ("nf4", "adamw8bit")]
+)
 def test_each_base_weight_format_and_optimizer_trains(make_config, quant, optimizer):
     config = make_config(quant, quant=quant, optimizer=optimizer, max_steps=6, save_every=0)
     result = train(config)
@@ -107,7 +113,14 @@ def test_adapter_loads_with_stock_peft_and_merges_to_a_plain_model(make_config, 
 
 def _cli(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "ragtune.cli", "finetune", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", "finetune", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def _write_config(path, config, **extra) -> None:
@@ -146,14 +159,16 @@ def test_bad_set_value_and_bad_data_rows_exit_2(tmp_path, make_config):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n')
     result = _cli(str(path), "--data", str(bad))
-    assert result.returncode == 2 and "bad.jsonl:2: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 2 and "bad.jsonl:2: not valid JSON" in result.stderr and "Traceback" not in result.stderr
+    )
 
 
 def test_a_new_run_will_not_mix_with_an_earlier_runs_checkpoints(make_config):
     from ragtune.finetune.config import ConfigError
 
     train(make_config(max_steps=2, save_every=1))
-    with pytest.raises(ConfigError, match="already holds checkpoints .* pass --resume"):
+    with pytest.raises(ConfigError, match=r"already holds checkpoints .* pass --resume"):
         train(make_config(max_steps=2))
     with pytest.raises(ConfigError, match=r"other settings \(lora_r: 16 -> 4\)"):
         train(make_config(max_steps=3, lora_r=4), resume=True)
@@ -175,7 +190,9 @@ def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
 
     examples = [TokenizedExample([1, 2, 3], [-100, 2, 3])] * 5
     calls = []
-    monkeypatch.setattr(trainer, "summed_token_loss", lambda forward, batch: calls.append(len(batch["input_ids"])) or torch.tensor(1.0))
+    monkeypatch.setattr(
+        trainer, "summed_token_loss", lambda forward, batch: calls.append(len(batch["input_ids"])) or torch.tensor(1.0)
+    )
     passes = {}
     for rank in (0, 1):
         calls.clear()
@@ -202,7 +219,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, make_config):
     path = tmp_path / "run.yaml"
     _write_config(path, config)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "ragtune.cli", "finetune", str(path)], stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ragtune.cli", "finetune", str(path)], stderr=subprocess.PIPE, text=True, env=env
+    )
     metrics = config.output_dir / "metrics.jsonl"
     deadline = time.monotonic() + 180
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2):

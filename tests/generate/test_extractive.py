@@ -46,13 +46,19 @@ def test_abstains_when_nothing_is_relevant(embedder):
 
 
 def test_lexical_only_mode_without_embedder():
-    generation = ExtractiveAnswerer(None, min_relevance=0.1).generate("Which countries does the Rhine flow through?", HITS)
+    generation = ExtractiveAnswerer(None, min_relevance=0.1).generate(
+        "Which countries does the Rhine flow through?", HITS
+    )
     assert generation.text.endswith("[1]") and "Switzerland" in generation.text
 
 
 def test_several_sentences_in_reading_order(embedder):
-    generation = ExtractiveAnswerer(embedder, max_sentences=2).generate("Milvus vector database created by Zilliz", HITS)
-    assert generation.text == "Milvus is a vector database. [2] It was created by Zilliz in 2019 and is open source. [2]"
+    generation = ExtractiveAnswerer(embedder, max_sentences=2).generate(
+        "Milvus vector database created by Zilliz", HITS
+    )
+    assert (
+        generation.text == "Milvus is a vector database. [2] It was created by Zilliz in 2019 and is open source. [2]"
+    )
 
 
 def test_citations_are_validated_and_renumbered():
@@ -61,7 +67,9 @@ def test_citations_are_validated_and_renumbered():
     assert [(c.number, c.chunk_id, c.source) for c in citations] == [(1, "c1", "/docs/1.md"), (2, "c0", "/docs/0.md")]
 
 
-@pytest.mark.parametrize(("text", "expected"), [("x [0] y", "x y"), ("[1][1] z", "[1] z"), ("no markers", "no markers")])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("x [0] y", "x y"), ("[1][1] z", "[1] z"), ("no markers", "no markers")]
+)
 def test_renumber_edge_cases(text, expected):
     assert " ".join(renumber_citations(text, 2)[0].split()) == expected
 

@@ -106,7 +106,7 @@ def test_lora_adapter_loads_and_changes_outputs(lm, prompt, tiny_llama_dir, tmp_
     tuned = LocalLM.load(tiny_llama_dir, adapter=adapter, device="cpu")
     assert not any("lora" in name for name, _ in tuned.model.named_modules())  # merged into dense weights
     assert (_first_logits(tuned, prompt) - _first_logits(lm, prompt)).abs().max() > 0.1
-    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+    with pytest.raises(FileNotFoundError, match=r"adapter_config.json"):
         LocalLM.load(tiny_llama_dir, adapter=tmp_path, device="cpu")
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -34,9 +35,22 @@ def server(tiny_llama_dir: Path) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "RAGTUNE_TORCH_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-c", "from ragtune.cli import main; main()", "serve-llm", "--model", str(tiny_llama_dir),
-         "--served-model-name", MODEL, "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from ragtune.cli import main; main()",
+            "serve-llm",
+            "--model",
+            str(tiny_llama_dir),
+            "--served-model-name",
+            MODEL,
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -97,8 +111,14 @@ def test_streaming_yields_the_same_answer_and_usage(server):
 
 
 def test_openai_sse_wire_format(server):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True,
-            "stream_options": {"include_usage": True}, "temperature": 0}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0,
+    }
     with httpx.stream("POST", f"{server}/chat/completions", json=body, timeout=30) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
@@ -131,9 +151,9 @@ def test_server_down_is_a_clear_error_after_retries():
 class _Flaky(BaseHTTPRequestHandler):
     """Answers 429 (with Retry-After), then 503, then a completion."""
 
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
         _Flaky.calls.append(self.headers.get("authorization", ""))
         if len(_Flaky.calls) == 1:
@@ -141,13 +161,22 @@ class _Flaky(BaseHTTPRequestHandler):
         elif len(_Flaky.calls) == 2:
             self._send(503, {"error": {"message": "loading"}})
         else:
-            self._send(200, {"choices": [{"message": {"role": "assistant", "content": "Zilliz [1]."}}],
-                             "usage": {"prompt_tokens": 50, "completion_tokens": 4, "total_tokens": 54}})
+            self._send(
+                200,
+                {
+                    "choices": [{"message": {"role": "assistant", "content": "Zilliz [1]."}}],
+                    "usage": {"prompt_tokens": 50, "completion_tokens": 4, "total_tokens": 54},
+                },
+            )
 
     def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
-        for key, value in {"content-type": "application/json", "content-length": str(len(data)), **(headers or {})}.items():
+        for key, value in {
+            "content-type": "application/json",
+            "content-length": str(len(data)),
+            **(headers or {}),
+        }.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(data)
@@ -182,6 +211,8 @@ def test_bad_base_url_is_named():
 def test_serve_llm_with_a_missing_model_is_a_usage_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", "from ragtune.cli import main; main()", "serve-llm", "--model", str(tmp_path / "nope")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2 and "not found: give an HF model directory or a .gguf file" in result.stderr

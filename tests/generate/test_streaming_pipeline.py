@@ -36,7 +36,9 @@ def test_extractive_stream_yields_deltas_then_the_same_answer_as_ask(pipeline, s
 
 def test_local_generator_streams_through_the_pipeline(pipeline, sample_dir, tiny_llama_dir):
     pipeline.ingestor.ingest_paths([sample_dir], progress=False)
-    pipeline.generator = LocalGenerator(LocalLM.load(tiny_llama_dir, device="cpu"), max_new_tokens=8, context_tokens=4096)
+    pipeline.generator = LocalGenerator(
+        LocalLM.load(tiny_llama_dir, device="cpu"), max_new_tokens=8, context_tokens=4096
+    )
     deltas, answer = _split(list(pipeline.stream("How do I install ragtune?")))
     assert answer.usage["completion_tokens"] <= 8 and answer.usage["prompt_tokens"] > 200
     assert answer.hits and answer.timings_ms["generate"] > 0
@@ -66,8 +68,17 @@ def test_smollm2_answers_a_grounded_question():
     """The real model end to end: GGUF (converted once, then cached), grounded prompt, answer."""
     lm = LocalLM.load("")
     hits = [
-        Hit("c1", "d1", "The Rhine is a river that flows through Switzerland, Germany and the Netherlands.",
-            "/rhine.md", "Rhine", 0, "", (), 1.0),
+        Hit(
+            "c1",
+            "d1",
+            "The Rhine is a river that flows through Switzerland, Germany and the Netherlands.",
+            "/rhine.md",
+            "Rhine",
+            0,
+            "",
+            (),
+            1.0,
+        ),
         Hit("c2", "d2", "Milvus is an open-source vector database.", "/milvus.md", "Milvus", 0, "", (), 0.5),
     ]
     started = time.monotonic()

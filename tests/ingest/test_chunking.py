@@ -1,3 +1,4 @@
+import itertools
 import re
 
 import pytest
@@ -26,7 +27,7 @@ def test_chunks_fit_and_never_cut_a_word(size, overlap):
 def test_neighbours_share_about_the_overlap():
     spans = split_spans(PROSE, 1000, 200)
     assert len(spans) > 5
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+    for (s1, e1), (s2, e2) in itertools.pairwise(spans):
         shared = e1 - s2
         assert 0 < shared <= 200
         assert s2 > s1 and e2 > e1
@@ -51,7 +52,12 @@ def test_invalid_sizes_are_rejected(size, overlap):
 
 
 def test_chunks_carry_source_page_heading_and_stable_ids():
-    doc = LoadedDocument("/docs/a.pdf", "application/pdf", "A", [Section("Page one words.", page=1, heading="Intro"), Section("Page two words.", page=2)])
+    doc = LoadedDocument(
+        "/docs/a.pdf",
+        "application/pdf",
+        "A",
+        [Section("Page one words.", page=1, heading="Intro"), Section("Page two words.", page=2)],
+    )
     chunks = chunk_document(doc, 1000, 200, tags=("manual",))
     assert [(c.page, c.heading, c.seq) for c in chunks] == [(1, "Intro", 0), (2, "", 1)]
     assert all(c.doc_id == document_id("/docs/a.pdf") and c.tags == ("manual",) for c in chunks)

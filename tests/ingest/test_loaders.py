@@ -12,10 +12,22 @@ def test_pdf_keeps_page_numbers_and_title():
 
 
 def test_docx_sections_follow_headings():
-    data = docx_bytes([("Normal", "Intro text."), ("Heading 1", "Setup"), ("Normal", "Run make demo."), ("Heading 2", "Details"), ("Normal", "More.")])
+    data = docx_bytes(
+        [
+            ("Normal", "Intro text."),
+            ("Heading 1", "Setup"),
+            ("Normal", "Run make demo."),
+            ("Heading 2", "Details"),
+            ("Normal", "More."),
+        ]
+    )
     doc = load_bytes(data, "manual.docx")
     assert doc.content_type == DOCX
-    assert [(s.heading, s.text) for s in doc.sections] == [("", "Intro text."), ("Setup", "Run make demo."), ("Details", "More.")]
+    assert [(s.heading, s.text) for s in doc.sections] == [
+        ("", "Intro text."),
+        ("Setup", "Run make demo."),
+        ("Details", "More."),
+    ]
 
 
 def test_markdown_heading_trail_and_no_markup():

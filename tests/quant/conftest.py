@@ -31,7 +31,21 @@ def save_tiny_causal_lm(directory: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    words = "the immune system protects against disease and detects a wide variety of agents".split()
+    words = [
+        "the",
+        "immune",
+        "system",
+        "protects",
+        "against",
+        "disease",
+        "and",
+        "detects",
+        "a",
+        "wide",
+        "variety",
+        "of",
+        "agents",
+    ]
     vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(dict.fromkeys(words))}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -32,7 +32,9 @@ def test_report_on_an_hf_causal_lm_with_perplexity(tiny_lm_dir: Path, tmp_path: 
 def test_report_on_a_non_causal_model_prints_tables(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)).save_pretrained(tmp_path / "bert")
+    BertModel(
+        BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128)
+    ).save_pretrained(tmp_path / "bert")
     result = runner.invoke(quantize_app, ["report", str(tmp_path / "bert"), "--out-dir", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output
     assert "NF4+DQ" in result.stdout and "Observed order by MSE" in result.stdout

@@ -85,7 +85,11 @@ def test_casting_the_model_keeps_the_quantization_constants_fp32(double_quant: b
     layer.to(torch.bfloat16)
     assert layer.bias is not None and layer.bias.dtype == torch.bfloat16
     assert all(t.dtype in (torch.float32, torch.uint8) for t in layer.buffers())
-    assert list(dict(layer.named_buffers())) == ["qweight", "absmax", *(["absmax_scale", "absmax_offset"] * double_quant)]
+    assert list(dict(layer.named_buffers())) == [
+        "qweight",
+        "absmax",
+        *(["absmax_scale", "absmax_offset"] * double_quant),
+    ]
     torch.testing.assert_close(layer(x), expected, rtol=1e-2, atol=1e-2)  # only the bias was rounded
 
 
@@ -133,7 +137,7 @@ def test_save_and_load_roundtrip(tmp_path: Path) -> None:
 
 
 def test_load_rejects_a_directory_without_manifest(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="nf4.json not found"):
+    with pytest.raises(FileNotFoundError, match=r"nf4.json not found"):
         load_nf4_model(tmp_path)
 
 

@@ -153,7 +153,9 @@ def test_bits_per_parameter() -> None:
 def test_state_roundtrips_through_safetensors(tmp_path) -> None:
     w = torch.randn(300, 70).to(torch.bfloat16)
     packed, state = quantize_nf4(w, 32)
-    save_file({"packed": packed, **{f"state.{k}": v for k, v in state.state_dict().items()}}, tmp_path / "w.safetensors")
+    save_file(
+        {"packed": packed, **{f"state.{k}": v for k, v in state.state_dict().items()}}, tmp_path / "w.safetensors"
+    )
     loaded = load_file(tmp_path / "w.safetensors")
     restored = NF4QuantState.from_state_dict({k[6:]: v for k, v in loaded.items() if k.startswith("state.")})
     assert restored.shape == (300, 70) and restored.dtype == torch.bfloat16 and restored.blocksize == 32
@@ -183,7 +185,7 @@ def test_bad_blocksize_is_named(blocksize: int) -> None:
 
 
 def test_bad_inputs_are_named() -> None:
-    with pytest.raises(TypeError, match="torch.int64"):
+    with pytest.raises(TypeError, match=r"torch.int64"):
         quantize_nf4(torch.arange(64))
     with pytest.raises(ValueError, match="empty"):
         quantize_nf4(torch.empty(0, 4))

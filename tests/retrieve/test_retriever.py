@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ def test_each_mode_finds_the_right_document(indexed, mode):
     hits = indexed.retriever.run("Which model produces 384-dimensional embeddings?", top_k=3, mode=mode)
     assert 1 <= len(hits) <= 3
     assert Path(hits[0].source).name == "configuration.txt"
-    assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
+    assert all(a.score >= b.score for a, b in itertools.pairwise(hits))
 
 
 def test_hybrid_keeps_both_scores_and_fuses(indexed):
@@ -49,7 +50,10 @@ def test_filters_restrict_results(indexed, sample_dir):
     assert indexed.retriever.run("backup", top_k=5, mode="bm25", filters=Filters(tags=("samples",)))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [({"top_k": 0}, "top_k must be greater than 0; got 0"), ({"mode": "fuzzy"}, "mode must be one of")])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"top_k": 0}, "top_k must be greater than 0; got 0"), ({"mode": "fuzzy"}, "mode must be one of")],
+)
 def test_bad_arguments_are_named(indexed, kwargs, message):
     with pytest.raises(ValueError, match=message):
         indexed.retriever.run("question", **kwargs)

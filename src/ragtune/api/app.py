@@ -108,7 +108,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     # Added innermost first: metrics see every request (also those refused), CORS answers
     # preflights before auth, auth refuses before any body is read.
     upload_limit = settings.max_upload_bytes * settings.max_files_per_request + _MULTIPART_OVERHEAD
-    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit})
+    app.add_middleware(
+        BodyLimitMiddleware, default_limit=settings.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit}
+    )
     app.add_middleware(AuthMiddleware, exempt_paths=settings.auth_exempt_paths, get_auth=_auth_of)
     if settings.cors_origins:
         app.add_middleware(

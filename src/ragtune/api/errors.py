@@ -88,12 +88,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store(_: Request, exc: StoreError) -> JSONResponse:
         code = "store_unavailable" if isinstance(exc, StoreUnavailableError) else "store_error"
         log.warning("vector store: %s", exc)
-        return error_response(503, code, f"the vector store cannot serve the request: {exc}; retry later", {"Retry-After": "5"})
+        return error_response(
+            503, code, f"the vector store cannot serve the request: {exc}; retry later", {"Retry-After": "5"}
+        )
 
     @app.exception_handler(CatalogError)
     async def _catalog(_: Request, exc: CatalogError) -> JSONResponse:
         log.warning("catalog: %s", exc)
-        return error_response(503, "catalog_unavailable", f"the catalog database cannot serve the request: {exc}", {"Retry-After": "5"})
+        return error_response(
+            503, "catalog_unavailable", f"the catalog database cannot serve the request: {exc}", {"Retry-After": "5"}
+        )
 
     @app.exception_handler(EmbeddingError)
     async def _embedding(_: Request, exc: EmbeddingError) -> JSONResponse:

@@ -58,30 +58,50 @@ class ServiceMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "ragtune_http_requests", "HTTP requests by route template, method and status.", ["route", "method", "status"], registry=r
+            "ragtune_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.http_duration = Histogram(
-            "ragtune_http_request_duration_seconds", "HTTP request latency until the last byte.", ["route", "method"],
-            buckets=_REQUEST_BUCKETS, registry=r,
+            "ragtune_http_request_duration_seconds",
+            "HTTP request latency until the last byte.",
+            ["route", "method"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
         )
         self.retrieval = Histogram(
-            "ragtune_retrieval_duration_seconds", "Retrieval (embed, search, fuse) per question.", ["mode"],
-            buckets=_FAST_BUCKETS, registry=r,
+            "ragtune_retrieval_duration_seconds",
+            "Retrieval (embed, search, fuse) per question.",
+            ["mode"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
         )
         self.embedding = Histogram(
             "ragtune_embedding_duration_seconds",
             "One embedding call (a question, with its wait to join a batch, or a batch of chunks).",
-            buckets=_FAST_BUCKETS, registry=r,
+            buckets=_FAST_BUCKETS,
+            registry=r,
         )
         self.vectorstore = Histogram(
-            "ragtune_vectorstore_query_duration_seconds", "One vector-store call.", ["operation"], buckets=_FAST_BUCKETS, registry=r
+            "ragtune_vectorstore_query_duration_seconds",
+            "One vector-store call.",
+            ["operation"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
         )
         self.generation = Histogram(
-            "ragtune_generation_duration_seconds", "Answer generation per question.", ["generator"],
-            buckets=_GENERATION_BUCKETS, registry=r,
+            "ragtune_generation_duration_seconds",
+            "Answer generation per question.",
+            ["generator"],
+            buckets=_GENERATION_BUCKETS,
+            registry=r,
         )
         self.generation_tokens = Counter(
-            "ragtune_generation_tokens", "Answer tokens generated (words for the extractive answerer).", ["generator"], registry=r
+            "ragtune_generation_tokens",
+            "Answer tokens generated (words for the extractive answerer).",
+            ["generator"],
+            registry=r,
         )
         self.ingest_jobs = Gauge("ragtune_ingest_jobs", "Ingestion jobs by state.", ["state"], registry=r)
         self.documents = Gauge("ragtune_documents", "Documents in the catalog by status.", ["status"], registry=r)
@@ -211,4 +231,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self.metrics.observe_request(route_template(scope, self.routes), scope["method"], status, time.perf_counter() - started)
+            self.metrics.observe_request(
+                route_template(scope, self.routes), scope["method"], status, time.perf_counter() - started
+            )

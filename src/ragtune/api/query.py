@@ -137,8 +137,15 @@ class QueryService:
         prompt = sum(len(tokens(m.text())) for m in request.messages)
         completion = budget.used if budget.exhausted else completion_tokens(answer)
         return ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex}", created=int(time.time()), model=request.model,
-            choices=[ChatCompletionChoice(message=ChatCompletionMessage(content=content), finish_reason="length" if budget.exhausted else "stop")],
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            created=int(time.time()),
+            model=request.model,
+            choices=[
+                ChatCompletionChoice(
+                    message=ChatCompletionMessage(content=content),
+                    finish_reason="length" if budget.exhausted else "stop",
+                )
+            ],
             usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
             citations=citations,
         )
@@ -152,10 +159,15 @@ class QueryService:
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
 
-        def chunk(delta: ChatCompletionDelta, finish: str | None = None, citations: list[CitationOut] | None = None) -> str:
+        def chunk(
+            delta: ChatCompletionDelta, finish: str | None = None, citations: list[CitationOut] | None = None
+        ) -> str:
             body = ChatCompletionChunk(
-                id=completion_id, created=created, model=request.model,
-                choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=finish)], citations=citations,
+                id=completion_id,
+                created=created,
+                model=request.model,
+                choices=[ChatCompletionChunkChoice(delta=delta, finish_reason=finish)],
+                citations=citations,
             )
             return f"data: {body.model_dump_json()}\n\n"
 
@@ -197,7 +209,9 @@ class QueryService:
         if not question:
             raise QuestionError("the question is empty; send a question with some text")
         if len(question) > limit:
-            raise QuestionError(f"the question is {len(question)} characters, over the limit of {limit} (RAGTUNE_MAX_QUESTION_CHARS)")
+            raise QuestionError(
+                f"the question is {len(question)} characters, over the limit of {limit} (RAGTUNE_MAX_QUESTION_CHARS)"
+            )
         self.probe.require()
         mode = self._mode(request)
         started = time.perf_counter()
@@ -205,8 +219,12 @@ class QueryService:
         seconds = time.perf_counter() - started
         self.metrics.retrieval.labels(mode=mode).observe(seconds)
         return QueryResponse(
-            question=question, answer=None, abstained=False, citations=[],
-            retrieved=[RetrievedChunk.of(h) for h in hits], timings_ms={"retrieve": round(seconds * 1000, 2)},
+            question=question,
+            answer=None,
+            abstained=False,
+            citations=[],
+            retrieved=[RetrievedChunk.of(h) for h in hits],
+            timings_ms={"retrieve": round(seconds * 1000, 2)},
         )
 
     def _observe(self, answer: Answer, mode: RetrievalMode) -> None:

@@ -68,11 +68,19 @@ class DocumentOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, record: DocumentRecord) -> "DocumentOut":
+    def of(cls, record: DocumentRecord) -> DocumentOut:
         return cls(
-            id=record.id, source=record.source, title=record.title, status=record.status, error=record.error,
-            chunks=record.chunks, content_type=record.content_type, size_bytes=record.size_bytes, tags=list(record.tags),
-            created_at=_utc(record.created_at), updated_at=_utc(record.updated_at),
+            id=record.id,
+            source=record.source,
+            title=record.title,
+            status=record.status,
+            error=record.error,
+            chunks=record.chunks,
+            content_type=record.content_type,
+            size_bytes=record.size_bytes,
+            tags=list(record.tags),
+            created_at=_utc(record.created_at),
+            updated_at=_utc(record.updated_at),
         )
 
 
@@ -113,10 +121,15 @@ class JobFileOut(BaseModel):
     error: str
 
     @classmethod
-    def of(cls, f: JobFile) -> "JobFileOut":
+    def of(cls, f: JobFile) -> JobFileOut:
         return cls(
-            filename=f.filename, source=f.source, document_id=f.doc_id, size_bytes=f.size_bytes,
-            status=f.status, chunks=f.chunks, error=f.error,
+            filename=f.filename,
+            source=f.source,
+            document_id=f.doc_id,
+            size_bytes=f.size_bytes,
+            status=f.status,
+            chunks=f.chunks,
+            error=f.error,
         )
 
 
@@ -135,11 +148,19 @@ class JobOut(BaseModel):
     files: list[JobFileOut]
 
     @classmethod
-    def of(cls, job: Job) -> "JobOut":
+    def of(cls, job: Job) -> JobOut:
         return cls(
-            id=job.id, state=job.state, files_total=job.files_total, files_done=job.files_done,
-            files_failed=job.files_failed, chunks=job.chunks, attempts=job.attempts, error=job.error,
-            tags=list(job.tags), created_at=_utc(job.created_at), updated_at=_utc(job.updated_at),
+            id=job.id,
+            state=job.state,
+            files_total=job.files_total,
+            files_done=job.files_done,
+            files_failed=job.files_failed,
+            chunks=job.chunks,
+            attempts=job.attempts,
+            error=job.error,
+            tags=list(job.tags),
+            created_at=_utc(job.created_at),
+            updated_at=_utc(job.updated_at),
             files=[JobFileOut.of(f) for f in job.files],
         )
 
@@ -165,7 +186,7 @@ class QueryRequest(_Strict):
     retrieve_only: bool = Field(False, description="Return the retrieved chunks without writing an answer.")
 
     @model_validator(mode="after")
-    def _stream_needs_an_answer(self) -> "QueryRequest":
+    def _stream_needs_an_answer(self) -> QueryRequest:
         if self.stream and self.retrieve_only:
             raise ValueError("stream=true streams an answer and retrieve_only=true asks for none; set one of them")
         return self
@@ -183,10 +204,17 @@ class CitationOut(BaseModel):
     score: float
 
     @classmethod
-    def of(cls, c: Citation) -> "CitationOut":
+    def of(cls, c: Citation) -> CitationOut:
         return cls(
-            number=c.number, chunk_id=c.chunk_id, document_id=c.doc_id, source=c.source, title=c.title,
-            page=c.page, heading=c.heading, snippet=c.snippet, score=c.score,
+            number=c.number,
+            chunk_id=c.chunk_id,
+            document_id=c.doc_id,
+            source=c.source,
+            title=c.title,
+            page=c.page,
+            heading=c.heading,
+            snippet=c.snippet,
+            score=c.score,
         )
 
 
@@ -202,10 +230,17 @@ class RetrievedChunk(BaseModel):
     scores: dict[str, float] = Field(description="Per retrieval mode, before fusion.")
 
     @classmethod
-    def of(cls, h: Hit) -> "RetrievedChunk":
+    def of(cls, h: Hit) -> RetrievedChunk:
         return cls(
-            chunk_id=h.id, document_id=h.doc_id, source=h.source, title=h.title, page=h.page, heading=h.heading,
-            text=h.text, score=h.score, scores=h.scores,
+            chunk_id=h.id,
+            document_id=h.doc_id,
+            source=h.source,
+            title=h.title,
+            page=h.page,
+            heading=h.heading,
+            text=h.text,
+            score=h.score,
+            scores=h.scores,
         )
 
 
@@ -218,10 +253,13 @@ class QueryResponse(BaseModel):
     timings_ms: dict[str, float]
 
     @classmethod
-    def of(cls, answer: Answer) -> "QueryResponse":
+    def of(cls, answer: Answer) -> QueryResponse:
         return cls(
-            question=answer.question, answer=answer.text, abstained=answer.abstained,
-            citations=[CitationOut.of(c) for c in answer.citations], retrieved=[RetrievedChunk.of(h) for h in answer.hits],
+            question=answer.question,
+            answer=answer.text,
+            abstained=answer.abstained,
+            citations=[CitationOut.of(c) for c in answer.citations],
+            retrieved=[RetrievedChunk.of(h) for h in answer.hits],
             timings_ms=answer.timings_ms,
         )
 

@@ -96,7 +96,9 @@ def path_is_exempt(path: str, patterns: list[str]) -> bool:
 class AuthMiddleware:
     """Refuses requests without a valid key (401) or over the key's rate (429)."""
 
-    def __init__(self, app: ASGIApp, exempt_paths: list[str], get_auth: Callable[[Scope], tuple[Authenticator, RateLimiter]]) -> None:
+    def __init__(
+        self, app: ASGIApp, exempt_paths: list[str], get_auth: Callable[[Scope], tuple[Authenticator, RateLimiter]]
+    ) -> None:
         self.app = app
         self.exempt_paths = exempt_paths
         self.get_auth = get_auth
@@ -112,7 +114,8 @@ class AuthMiddleware:
             identity = authenticator.identify(_bearer_token(scope))
             if identity is None:
                 response = error_response(
-                    401, "unauthorized",
+                    401,
+                    "unauthorized",
                     "a valid API key is required: send 'Authorization: Bearer <key>' "
                     "(keys come from RAGTUNE_API_KEYS or `ragtune keys create`)",
                     {"WWW-Authenticate": "Bearer"},
@@ -123,7 +126,8 @@ class AuthMiddleware:
             if wait > 0:
                 seconds = max(1, math.ceil(wait))
                 response = error_response(
-                    429, "rate_limited",
+                    429,
+                    "rate_limited",
                     f"this API key is over its limit of {round(limiter.rate * 60)} requests per minute "
                     f"(RAGTUNE_RATE_LIMIT_PER_MINUTE); retry in {seconds} s",
                     {"Retry-After": str(seconds)},

@@ -47,7 +47,8 @@ def check_upload(data: bytes, filename: str, settings: Settings) -> CheckedUploa
     name = safe_filename(filename)
     if len(data) > settings.max_upload_bytes:
         raise ApiError(
-            413, "file_too_large",
+            413,
+            "file_too_large",
             f"{name} is {len(data)} bytes, over the upload limit of {settings.max_upload_bytes} bytes "
             "(RAGTUNE_MAX_UPLOAD_BYTES); split it or raise the limit",
         )
@@ -77,9 +78,9 @@ def _check_docx(data: bytes, name: str, limit: int) -> None:
         declared = sum(info.file_size for info in archive.infolist())
     if declared > limit:
         raise ApiError(
-            413, "decompression_limit",
-            f"{name} would decompress to {declared} bytes, over the limit of {limit} "
-            "(RAGTUNE_MAX_UNCOMPRESSED_BYTES)",
+            413,
+            "decompression_limit",
+            f"{name} would decompress to {declared} bytes, over the limit of {limit} (RAGTUNE_MAX_UNCOMPRESSED_BYTES)",
         )
 
 

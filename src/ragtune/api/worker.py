@@ -46,7 +46,7 @@ class _Heartbeat:
             except Exception as exc:  # a database hiccup: the lease still has two thirds left
                 log.warning("heartbeat for job %s failed: %s", self.job_id, exc)
 
-    def __enter__(self) -> "_Heartbeat":
+    def __enter__(self) -> _Heartbeat:
         self._thread.start()
         return self
 
@@ -111,7 +111,11 @@ class Worker:
                 self._process(job, heartbeat)
             except Exception as exc:
                 state = self.queue.release(
-                    job.id, self.id, f"{type(exc).__name__}: {exc}", self.settings.job_max_attempts, _RETRY_AFTER_SECONDS
+                    job.id,
+                    self.id,
+                    f"{type(exc).__name__}: {exc}",
+                    self.settings.job_max_attempts,
+                    _RETRY_AFTER_SECONDS,
                 )
                 log.exception("job %s attempt %d failed; it is now %s", job.id, job.attempts, state)
         return True

@@ -1,9 +1,9 @@
 """Embedders behind one protocol: `embed(texts) -> float32 array [n, dim]`, unit-normalised.
 
-    >>> from ragtune.embed import LocalEmbedder
-    >>> embedder = LocalEmbedder()                       # all-MiniLM-L6-v2, offline
-    >>> embedder.embed(["hello world"]).shape
-    (1, 384)
+>>> from ragtune.embed import LocalEmbedder
+>>> embedder = LocalEmbedder()                       # all-MiniLM-L6-v2, offline
+>>> embedder.embed(["hello world"]).shape
+(1, 384)
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ class LocalEmbedder:
 class HttpEmbedder:
     """Any OpenAI-compatible ``POST /v1/embeddings`` server (vLLM, Ollama, TEI, hosted APIs)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str = "", batch_size: int = 64, timeout: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, model: str, api_key: str = "", batch_size: int = 64, timeout: float = 60.0
+    ) -> None:
         import httpx
 
         self.name = model

@@ -59,11 +59,18 @@ def read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
 
 def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     root = Path(directory)
-    corpus_path, queries_path, qrels_path = root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    corpus_path, queries_path, qrels_path = (
+        root / "corpus.jsonl",
+        root / "queries.jsonl",
+        root / "qrels" / f"{split}.tsv",
+    )
     for path in (corpus_path, queries_path, qrels_path):
         if not path.is_file():
             raise DatasetError(f"{root} is not a BEIR dataset: {path.relative_to(root)} is missing")
-    corpus = {str(r["_id"]): CorpusDoc(str(r["_id"]), str(r.get("title", "")), str(r["text"])) for _, r in read_jsonl(corpus_path, ("_id", "text"))}
+    corpus = {
+        str(r["_id"]): CorpusDoc(str(r["_id"]), str(r.get("title", "")), str(r["text"]))
+        for _, r in read_jsonl(corpus_path, ("_id", "text"))
+    }
     query_rows = [r for _, r in read_jsonl(queries_path, ("_id", "text"))]
     qrels: dict[str, dict[str, int]] = {}
     with qrels_path.open(encoding="utf-8") as handle:

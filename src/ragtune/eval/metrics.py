@@ -1,10 +1,10 @@
 """Retrieval metrics (BEIR/trec_eval definitions) and SQuAD answer metrics.
 
-    >>> from ragtune.eval.metrics import ndcg_at_k, squad_f1
-    >>> round(ndcg_at_k(["b", "a"], {"a": 1}, 10), 4)
-    0.6309
-    >>> squad_f1("the Rhine river", ["Rhine"])
-    0.6666666666666666
+>>> from ragtune.eval.metrics import ndcg_at_k, squad_f1
+>>> round(ndcg_at_k(["b", "a"], {"a": 1}, 10), 4)
+0.6309
+>>> squad_f1("the Rhine river", ["Rhine"])
+0.6666666666666666
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.config import RetrievalMode, Settings
-from ragtune.embed import Embedder, build_embedder
+from ragtune.embed import Embedder
 from ragtune.eval.datasets import BeirDataset, DatasetError, load_beir
 from ragtune.eval.metrics import normalize_answer, retrieval_metrics, squad_exact_match, squad_f1
 from ragtune.ingest.loaders import TEXT, LoadedDocument, Section
@@ -40,7 +40,9 @@ def _log(message: str) -> None:
 def indexed_dataset(dataset: BeirDataset, settings: Settings, embedder: Embedder | None = None) -> Iterator[Pipeline]:
     """A pipeline over a temporary store holding the dataset's corpus."""
     with tempfile.TemporaryDirectory(prefix="ragtune-eval-") as tmp:
-        scratch = settings.model_copy(update={"data_dir": Path(tmp), "milvus_uri": "", "catalog_url": "", "collection": "eval"})
+        scratch = settings.model_copy(
+            update={"data_dir": Path(tmp), "milvus_uri": "", "catalog_url": "", "collection": "eval"}
+        )
         pipeline = Pipeline.from_settings(scratch, embedder=embedder)
         try:
             started = time.perf_counter()
@@ -49,7 +51,9 @@ def indexed_dataset(dataset: BeirDataset, settings: Settings, embedder: Embedder
                 for doc in dataset.corpus.values()
             )
             report = pipeline.ingestor.ingest_documents(docs)
-            _log(f"indexed {len(dataset.corpus)} records as {report.chunks} chunks in {time.perf_counter() - started:.1f}s")
+            _log(
+                f"indexed {len(dataset.corpus)} records as {report.chunks} chunks in {time.perf_counter() - started:.1f}s"
+            )
             yield pipeline
         finally:
             pipeline.close()
@@ -98,18 +102,30 @@ def evaluate_retrieval(
         **retrieval_metrics(rankings, qrels),
         "baseline_bm25s": retrieval_metrics(bm25s_baseline(dataset, query_ids), qrels),
         "ms_per_query": round(elapsed * 1000 / max(len(query_ids), 1), 2),
-        "settings": {"rrf_k": settings.rrf_k, "dense_weight": settings.dense_weight, "bm25_weight": settings.bm25_weight, "chunk_size": settings.chunk_size, "chunk_overlap": settings.chunk_overlap},
+        "settings": {
+            "rrf_k": settings.rrf_k,
+            "dense_weight": settings.dense_weight,
+            "bm25_weight": settings.bm25_weight,
+            "chunk_size": settings.chunk_size,
+            "chunk_overlap": settings.chunk_overlap,
+        },
     }
 
 
 def evaluate_answers(
-    dataset_dir: str | Path, settings: Settings, limit: int | None = None, seed: int = 0, mode: RetrievalMode | None = None
+    dataset_dir: str | Path,
+    settings: Settings,
+    limit: int | None = None,
+    seed: int = 0,
+    mode: RetrievalMode | None = None,
 ) -> dict[str, Any]:
     dataset = load_beir(dataset_dir)
     answerable = _sample([q for q in dataset.queries if dataset.answers.get(q)], limit, seed)
     unanswerable = _sample(list(dataset.unanswerable), limit, seed)
     if not answerable:
-        raise DatasetError(f"{dataset_dir}: no query in queries.jsonl has an 'answers' list; answer evaluation needs them")
+        raise DatasetError(
+            f"{dataset_dir}: no query in queries.jsonl has an 'answers' list; answer evaluation needs them"
+        )
     exact = f1 = supported = answered = false_abstentions = declined = 0.0
     started = time.perf_counter()
     with indexed_dataset(dataset, settings) as pipeline:

@@ -75,7 +75,12 @@ def plan_batch(
     Raises `BatchPlanError` naming all four numbers and the nearest valid choices.
     """
     numbers = _numbers(global_batch, micro_batch, grad_accum_steps, devices)
-    for name, value in (("global_batch", global_batch), ("micro_batch", micro_batch), ("grad_accum_steps", grad_accum_steps), ("devices", devices)):
+    for name, value in (
+        ("global_batch", global_batch),
+        ("micro_batch", micro_batch),
+        ("grad_accum_steps", grad_accum_steps),
+        ("devices", devices),
+    ):
         if value is not None and value < 1:
             raise BatchPlanError(f"{name} must be a positive integer ({numbers})")
     given = sum(v is not None for v in (global_batch, micro_batch, grad_accum_steps))

@@ -12,10 +12,12 @@ A first argument that is not one of the subcommands is the config file of a run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+
+DEFAULT_MODEL_CACHE = Path("~/.cache/ragtune/models").expanduser()
 
 __all__ = ["finetune_app"]
 
@@ -44,9 +46,9 @@ def _fail(message: str) -> typer.Exit:
 
 @finetune_app.command("plan")
 def plan(
-    global_batch: Annotated[Optional[int], typer.Option(help="Examples per optimizer step, over all devices.")] = None,
-    micro_batch: Annotated[Optional[int], typer.Option(help="Examples per forward/backward pass on one device.")] = None,
-    grad_accum_steps: Annotated[Optional[int], typer.Option(help="Micro-batches accumulated per optimizer step.")] = None,
+    global_batch: Annotated[int | None, typer.Option(help="Examples per optimizer step, over all devices.")] = None,
+    micro_batch: Annotated[int | None, typer.Option(help="Examples per forward/backward pass on one device.")] = None,
+    grad_accum_steps: Annotated[int | None, typer.Option(help="Micro-batches accumulated per optimizer step.")] = None,
     devices: Annotated[int, typer.Option(help="Data-parallel processes (GPUs).")] = 1,
 ) -> None:
     """Derive the missing one of global batch, micro batch and accumulation steps (or check all three)."""
@@ -80,32 +82,42 @@ def _parse_set(pairs: list[str]) -> dict[str, Any]:
 
 @finetune_app.command("run")
 def run(
-    config_file: Annotated[Optional[Path], typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help="Base model: HF directory or .gguf ('' = SmolLM2-135M-Instruct).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="JSONL of {question, answer, context?} or a BEIR dataset directory.")] = None,
-    output_dir: Annotated[Optional[Path], typer.Option(help="Checkpoints, logs and output_dir/adapter go here.")] = None,
-    global_batch: Annotated[Optional[int], typer.Option()] = None,
-    micro_batch: Annotated[Optional[int], typer.Option()] = None,
-    grad_accum_steps: Annotated[Optional[int], typer.Option()] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Must equal the launcher's process count.")] = None,
-    max_steps: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option()] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option()] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    shuffle: Annotated[Optional[bool], typer.Option("--shuffle/--no-shuffle")] = None,
-    max_seq_len: Annotated[Optional[int], typer.Option()] = None,
-    lora_r: Annotated[Optional[int], typer.Option()] = None,
-    lora_alpha: Annotated[Optional[float], typer.Option()] = None,
-    lora_dropout: Annotated[Optional[float], typer.Option()] = None,
-    target_modules: Annotated[Optional[str], typer.Option(help="Comma-separated, e.g. q_proj,v_proj.")] = None,
-    quant: Annotated[Optional[str], typer.Option(help="nf4 | bnb | none")] = None,
-    deepspeed: Annotated[Optional[int], typer.Option(help="ZeRO stage 1-3 (0 = plain PyTorch).")] = None,
-    offload_optimizer: Annotated[Optional[str], typer.Option(help="none | cpu")] = None,
-    offload_params: Annotated[Optional[str], typer.Option(help="none | cpu (ZeRO-3)")] = None,
-    save_every: Annotated[Optional[int], typer.Option()] = None,
+    config_file: Annotated[
+        Path | None, typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False)
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Base model: HF directory or .gguf ('' = SmolLM2-135M-Instruct).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="JSONL of {question, answer, context?} or a BEIR dataset directory.")
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Checkpoints, logs and output_dir/adapter go here.")] = None,
+    global_batch: Annotated[int | None, typer.Option()] = None,
+    micro_batch: Annotated[int | None, typer.Option()] = None,
+    grad_accum_steps: Annotated[int | None, typer.Option()] = None,
+    devices: Annotated[int | None, typer.Option(help="Must equal the launcher's process count.")] = None,
+    max_steps: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    warmup_steps: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    shuffle: Annotated[bool | None, typer.Option("--shuffle/--no-shuffle")] = None,
+    max_seq_len: Annotated[int | None, typer.Option()] = None,
+    lora_r: Annotated[int | None, typer.Option()] = None,
+    lora_alpha: Annotated[float | None, typer.Option()] = None,
+    lora_dropout: Annotated[float | None, typer.Option()] = None,
+    target_modules: Annotated[str | None, typer.Option(help="Comma-separated, e.g. q_proj,v_proj.")] = None,
+    quant: Annotated[str | None, typer.Option(help="nf4 | bnb | none")] = None,
+    deepspeed: Annotated[int | None, typer.Option(help="ZeRO stage 1-3 (0 = plain PyTorch).")] = None,
+    offload_optimizer: Annotated[str | None, typer.Option(help="none | cpu")] = None,
+    offload_params: Annotated[str | None, typer.Option(help="none | cpu (ZeRO-3)")] = None,
+    save_every: Annotated[int | None, typer.Option()] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Any other config key: --set eval_every=20.")] = [],  # noqa: B006
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in output_dir.")] = False,
-    merge: Annotated[bool, typer.Option("--merge", help="Also write the adapter merged into the base: output_dir/merged.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in output_dir.")
+    ] = False,
+    merge: Annotated[
+        bool, typer.Option("--merge", help="Also write the adapter merged into the base: output_dir/merged.")
+    ] = False,
 ) -> None:
     """Fine-tune the answering model with QLoRA; the adapter lands in output_dir/adapter."""
     from ragtune.finetune.batching import BatchPlanError
@@ -113,13 +125,31 @@ def run(
     from ragtune.finetune.data import DataError
 
     overrides = {
-        "model": model, "data": data, "output_dir": output_dir, "global_batch": global_batch,
-        "micro_batch": micro_batch, "grad_accum_steps": grad_accum_steps, "devices": devices,
-        "max_steps": max_steps, "lr": lr, "warmup_steps": warmup_steps, "seed": seed, "shuffle": shuffle,
-        "max_seq_len": max_seq_len, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout,
-        "target_modules": [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules is not None else None,
-        "quant": quant, "deepspeed": deepspeed, "offload_optimizer": offload_optimizer,
-        "offload_params": offload_params, "save_every": save_every, **_parse_set(set_),
+        "model": model,
+        "data": data,
+        "output_dir": output_dir,
+        "global_batch": global_batch,
+        "micro_batch": micro_batch,
+        "grad_accum_steps": grad_accum_steps,
+        "devices": devices,
+        "max_steps": max_steps,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "shuffle": shuffle,
+        "max_seq_len": max_seq_len,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "target_modules": [m.strip() for m in target_modules.split(",") if m.strip()]
+        if target_modules is not None
+        else None,
+        "quant": quant,
+        "deepspeed": deepspeed,
+        "offload_optimizer": offload_optimizer,
+        "offload_params": offload_params,
+        "save_every": save_every,
+        **_parse_set(set_),
     }
     try:
         config = FinetuneConfig.load(config_file, overrides)
@@ -136,8 +166,8 @@ def run(
 def merge(
     adapter: Annotated[Path, typer.Argument(help="A PEFT adapter directory (output_dir/adapter).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Where the merged HF model directory goes.")],
-    model: Annotated[Optional[str], typer.Option(help="Base model; default: the one the adapter was trained on.")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Where converted GGUF models are cached.")] = Path("~/.cache/ragtune/models").expanduser(),
+    model: Annotated[str | None, typer.Option(help="Base model; default: the one the adapter was trained on.")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Where converted GGUF models are cached.")] = DEFAULT_MODEL_CACHE,
 ) -> None:
     """Fold a LoRA adapter into its dense base weights: a plain transformers model directory."""
     import json

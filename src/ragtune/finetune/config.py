@@ -105,7 +105,9 @@ class FinetuneConfig(BaseModel):
             needs.append(("bitsandbytes", "quant: bnb and optimizer: adamw8bit"))
         for module, feature in needs:
             if importlib.util.find_spec(module) is None:
-                raise ConfigError(f"{feature} needs the {module} package: pip install 'ragtune[finetune]' (with DS_BUILD_OPS=0)")
+                raise ConfigError(
+                    f"{feature} needs the {module} package: pip install 'ragtune[finetune]' (with DS_BUILD_OPS=0)"
+                )
 
     def batch_plan(self, world_size: int) -> BatchPlan:
         """The plan for ``world_size`` processes (``devices``, when set, must match it).

@@ -99,7 +99,11 @@ def _read_jsonl(path: Path) -> list[QAExample]:
             raise DataError(f"{where}: 'answer' must be a string or null, got {type(answer).__name__}")
         if context is not None and not isinstance(context, str):
             raise DataError(f"{where}: 'context' must be a string, got {type(context).__name__}")
-        examples.append(QAExample(row["question"].strip(), (answer or "").strip() or None, context or None, str(row.get("title") or "")))
+        examples.append(
+            QAExample(
+                row["question"].strip(), (answer or "").strip() or None, context or None, str(row.get("title") or "")
+            )
+        )
     return examples
 
 
@@ -140,7 +144,17 @@ def _squash(text: str) -> str:
 
 def _context_hit(example: QAExample, number: int) -> Hit:
     assert example.context is not None
-    return Hit(f"gold-{number}", f"gold-{number}", example.context, example.title or "training data", example.title, 0, "", (), 0.0)
+    return Hit(
+        f"gold-{number}",
+        f"gold-{number}",
+        example.context,
+        example.title or "training data",
+        example.title,
+        0,
+        "",
+        (),
+        0.0,
+    )
 
 
 def _holds(hit: Hit, answer: str) -> bool:
@@ -153,7 +167,9 @@ def _is_gold(hit: Hit, context: str) -> bool:
     return a in b or b in a
 
 
-def build_rag_examples(examples: Sequence[QAExample], retrieve: Retrieve | None, top_k: int, seed: int = 0) -> list[RagExample]:
+def build_rag_examples(
+    examples: Sequence[QAExample], retrieve: Retrieve | None, top_k: int, seed: int = 0
+) -> list[RagExample]:
     """Give each question ``top_k`` chunks and its cited target (see the module docstring).
 
     A row with an answer but no context, whose retrieved chunks do not contain the
@@ -194,7 +210,12 @@ def save_rag_examples(examples: Sequence[RagExample], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     with tmp.open("w", encoding="utf-8") as handle:
         for ex in examples:
-            row = {"question": ex.question, "target": ex.target, "cited": list(ex.cited), "hits": [asdict(h) for h in ex.hits]}
+            row = {
+                "question": ex.question,
+                "target": ex.target,
+                "cited": list(ex.cited),
+                "hits": [asdict(h) for h in ex.hits],
+            }
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(path)
 
@@ -230,7 +251,9 @@ def tokenize_example(example: RagExample, tokenizer: Any, max_seq_len: int) -> T
     eos = tokenizer.eos_token or ""
     target_ids = tokenizer(example.target + eos, add_special_tokens=False)["input_ids"]
     try:
-        prompt = render_prompt(example.question, example.hits, tokenizer, context_tokens=max_seq_len, max_new_tokens=len(target_ids))
+        prompt = render_prompt(
+            example.question, example.hits, tokenizer, context_tokens=max_seq_len, max_new_tokens=len(target_ids)
+        )
     except ValueError:
         return None
     if any(c > prompt.n_hits for c in example.cited):

@@ -106,5 +106,8 @@ def deepspeed_config(config: FinetuneConfig, plan: BatchPlan, dtype: torch.dtype
         "wall_clock_breakdown": False,
     }
     if config.offload_optimizer == "cpu":
-        ds["optimizer"] = {"type": "AdamW", "params": {"lr": config.lr, "weight_decay": config.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8}}
+        ds["optimizer"] = {
+            "type": "AdamW",
+            "params": {"lr": config.lr, "weight_decay": config.weight_decay, "betas": [0.9, 0.999], "eps": 1e-8},
+        }
     return ds

@@ -69,7 +69,11 @@ def _base_sizes(model: torch.nn.Module) -> tuple[int, int, int]:
             params += module.in_features * module.out_features + (module.out_features if module.bias is not None else 0)
             linear_bytes += module.nbytes()
             quantized.update(id(t) for t in (*module.buffers(), *module.parameters()))
-        elif isinstance(module, torch.nn.Linear) and not module.weight.requires_grad and module.weight.data_ptr() not in embeddings:
+        elif (
+            isinstance(module, torch.nn.Linear)
+            and not module.weight.requires_grad
+            and module.weight.data_ptr() not in embeddings
+        ):
             # bitsandbytes' Linear4bit is an nn.Linear whose weight holds the packed codes.
             weight = module.weight
             linear_bytes += weight.numel() * weight.element_size()
@@ -112,7 +116,12 @@ def _load_base(config: FinetuneConfig, base_dir: Path, device: torch.device, dty
             bnb_4bit_quant_storage=torch.uint8,
         )
         return AutoModelForCausalLM.from_pretrained(
-            base_dir, config=model_config, quantization_config=quantization, dtype=dtype, device_map={"": str(device)}, local_files_only=True
+            base_dir,
+            config=model_config,
+            quantization_config=quantization,
+            dtype=dtype,
+            device_map={"": str(device)},
+            local_files_only=True,
         )
     if config.quant == "nf4":
         from ragtune.quant import replace_linear_with_nf4
@@ -160,7 +169,9 @@ def load_trainable_model(config: FinetuneConfig, device: torch.device) -> Traina
             peft_model = get_peft_model(model, lora)
     except ValueError as exc:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
-        raise ConfigError(f"target_modules {config.target_modules} do not match the model ({exc}); its leaf modules are: {', '.join(names)}") from None
+        raise ConfigError(
+            f"target_modules {config.target_modules} do not match the model ({exc}); its leaf modules are: {', '.join(names)}"
+        ) from None
     # LoRA weights train in fp32 whatever the compute dtype (QLoRA keeps its adapters in
     # higher precision than the activations so small updates are not rounded away).
     for parameter in peft_model.parameters():

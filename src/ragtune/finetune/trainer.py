@@ -103,7 +103,9 @@ def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
     )
     logits = out.logits[:, :-1].float()  # position t predicts token t + 1
     targets = labels[:, labels.shape[1] - keep + 1 :]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
 
 
 # --- data order ----------------------------------------------------------------------
@@ -150,7 +152,9 @@ def micro_batches(step_examples: Sequence[int], plan: BatchPlan, rank: int) -> l
     ]
 
 
-def accumulate_gradients(forward: Any, engine: Any, batches: Sequence[dict[str, torch.Tensor]], step_tokens: int, plan: BatchPlan) -> float:
+def accumulate_gradients(
+    forward: Any, engine: Any, batches: Sequence[dict[str, torch.Tensor]], step_tokens: int, plan: BatchPlan
+) -> float:
     """Backpropagate one optimizer step's micro-batches (this process's share); returns
     their summed token loss. Every target token of the global batch weighs
     ``1 / step_tokens``, so the summed gradient is the full batch's (module docstring)."""
@@ -199,7 +203,9 @@ def _retriever(config: FinetuneConfig) -> tuple[Callable[[list[str], int], list[
     return retrieve, (stack.close if stack is not None else pipeline.close)
 
 
-def prepare_examples(config: FinetuneConfig, tokenizer: Any, processes: Processes) -> tuple[list[TokenizedExample], list[TokenizedExample], dict[str, int]]:
+def prepare_examples(
+    config: FinetuneConfig, tokenizer: Any, processes: Processes
+) -> tuple[list[TokenizedExample], list[TokenizedExample], dict[str, int]]:
     """Build (once, on rank 0, cached in output_dir) and tokenize the RAG-shaped examples;
     split off the held-out evaluation share (seeded)."""
     cache = config.output_dir / "examples.jsonl"
@@ -318,7 +324,16 @@ def _save_adapter(trainable: TrainableModel, engine: Any, directory: Path, proce
         model.save_pretrained(directory)
 
 
-def save_checkpoint(step: int, trainable: TrainableModel, optimizer: Any, scheduler: Any, engine: Any, sampler: StepSampler, processes: Processes, config: FinetuneConfig) -> Path:
+def save_checkpoint(
+    step: int,
+    trainable: TrainableModel,
+    optimizer: Any,
+    scheduler: Any,
+    engine: Any,
+    sampler: StepSampler,
+    processes: Processes,
+    config: FinetuneConfig,
+) -> Path:
     """Adapter, optimizer, schedule, RNG and data position, written atomically."""
     root = config.output_dir / CHECKPOINTS
     final = root / f"step-{step:06d}"
@@ -330,7 +345,9 @@ def save_checkpoint(step: int, trainable: TrainableModel, optimizer: Any, schedu
     state = {"step": step, "sampler": sampler.state_dict(), "rng": _rng_state(), "config": _run_defining(config)}
     if engine is not None:
         # DeepSpeed saves its own (sharded) optimizer and schedule; every rank writes its shard.
-        engine.save_checkpoint(str(partial), tag="deepspeed", client_state={"step": step}, exclude_frozen_parameters=True)
+        engine.save_checkpoint(
+            str(partial), tag="deepspeed", client_state={"step": step}, exclude_frozen_parameters=True
+        )
     else:
         state |= {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
     _save_adapter(trainable, engine, partial / "adapter", processes)
@@ -346,7 +363,16 @@ def save_checkpoint(step: int, trainable: TrainableModel, optimizer: Any, schedu
     return final
 
 
-def load_checkpoint(checkpoint: Path, trainable: TrainableModel, optimizer: Any, scheduler: Any, engine: Any, sampler: StepSampler, processes: Processes, config: FinetuneConfig) -> int:
+def load_checkpoint(
+    checkpoint: Path,
+    trainable: TrainableModel,
+    optimizer: Any,
+    scheduler: Any,
+    engine: Any,
+    sampler: StepSampler,
+    processes: Processes,
+    config: FinetuneConfig,
+) -> int:
     """Restore what `save_checkpoint` wrote; returns the step it was taken after."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -361,7 +387,9 @@ def load_checkpoint(checkpoint: Path, trainable: TrainableModel, optimizer: Any,
     changed = {k: (v, now) for k, v in state["config"].items() if (now := _run_defining(config).get(k)) != v}
     if changed:
         described = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ConfigError(f"{checkpoint} was trained with other settings ({described}); resume with the same ones or start a new output_dir")
+        raise ConfigError(
+            f"{checkpoint} was trained with other settings ({described}); resume with the same ones or start a new output_dir"
+        )
     if engine is not None:
         engine.load_checkpoint(str(checkpoint), tag="deepspeed", load_module_strict=False)
     else:
@@ -418,7 +446,11 @@ class MetricsLog:
     def __init__(self, path: Path, enabled: bool, resume_step: int) -> None:
         self.path, self.enabled = path, enabled
         if enabled and path.is_file():
-            kept = "".join(line + "\n" for line in path.read_text().splitlines() if (row := _parsed(line)) and row["step"] <= resume_step)
+            kept = "".join(
+                line + "\n"
+                for line in path.read_text().splitlines()
+                if (row := _parsed(line)) and row["step"] <= resume_step
+            )
             tmp = path.with_suffix(".tmp")
             tmp.write_text(kept)
             tmp.replace(path)
@@ -467,7 +499,14 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.no_grad()
-def evaluate(forward: Any, examples: Sequence[TokenizedExample], micro_batch: int, pad_id: int, processes: Processes, device: torch.device) -> float | None:
+def evaluate(
+    forward: Any,
+    examples: Sequence[TokenizedExample],
+    micro_batch: int,
+    pad_id: int,
+    processes: Processes,
+    device: torch.device,
+) -> float | None:
     """Mean loss per target token over the held-out examples (each process takes a share)."""
     if not examples:
         return None
@@ -539,7 +578,9 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
 
     train_set, eval_set, counts = prepare_examples(config, tokenizer, processes)
     if processes.is_main:
-        _say(f"examples: {counts['train']} train, {counts['eval']} held out, {counts['too_long']} dropped (cited chunk over max_seq_len)")
+        _say(
+            f"examples: {counts['train']} train, {counts['eval']} held out, {counts['too_long']} dropped (cited chunk over max_seq_len)"
+        )
     sampler = StepSampler(len(train_set), plan.global_batch, config.seed, config.shuffle)
 
     # Optimizer, schedule and (for DeepSpeed) the engine that owns both.
@@ -574,20 +615,34 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
 
     loss = eval_loss = None
     tokens_seen, train_seconds = 0, 0.0
-    bar = tqdm(total=config.max_steps, initial=step, disable=not processes.is_main, desc="fine-tuning", unit="step", file=sys.stderr)
+    bar = tqdm(
+        total=config.max_steps,
+        initial=step,
+        disable=not processes.is_main,
+        desc="fine-tuning",
+        unit="step",
+        file=sys.stderr,
+    )
     with _StopOnSignal().installed() as stop:
         while step < config.max_steps:
             step_started = time.perf_counter()
             lr = engine.get_lr()[0] if engine is not None else scheduler.get_last_lr()[0]
             examples = [train_set[i] for i in sampler.next_step()]  # the whole global batch
             step_tokens = sum(e.target_tokens for e in examples)  # the loss's denominator, on every rank
-            batches = [_to(collate([examples[i] for i in ids], pad_id), device) for ids in micro_batches(range(len(examples)), plan, processes.rank)]
+            batches = [
+                _to(collate([examples[i] for i in ids], pad_id), device)
+                for ids in micro_batches(range(len(examples)), plan, processes.rank)
+            ]
             loss_sum = accumulate_gradients(forward, engine, batches, step_tokens, plan)
             input_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
             if engine is not None:
                 grad_norm = engine.get_global_grad_norm()
             else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")))
+                grad_norm = float(
+                    torch.nn.utils.clip_grad_norm_(
+                        params, config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+                    )
+                )
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -599,7 +654,14 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
             train_seconds += elapsed
             tokens_seen += int(total_inputs)
             if step % config.log_every == 0 or step == config.max_steps:
-                log.write(step=step, loss=loss, lr=lr, grad_norm=None if grad_norm is None else float(grad_norm), target_tokens=step_tokens, tokens_per_s=total_inputs / elapsed)
+                log.write(
+                    step=step,
+                    loss=loss,
+                    lr=lr,
+                    grad_norm=None if grad_norm is None else float(grad_norm),
+                    target_tokens=step_tokens,
+                    tokens_per_s=total_inputs / elapsed,
+                )
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{total_inputs / elapsed:.0f}", lr=f"{lr:.2e}")
             bar.update(1)
             if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
@@ -613,7 +675,21 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
                     bar.close()
                     if processes.is_main:
                         _say(f"interrupted: checkpoint {saved}; continue with --resume")
-                    return _result(step, plan, trainable, loss, None, out, None, counts, started, tokens_seen, train_seconds, device, interrupted=True)
+                    return _result(
+                        step,
+                        plan,
+                        trainable,
+                        loss,
+                        None,
+                        out,
+                        None,
+                        counts,
+                        started,
+                        tokens_seen,
+                        train_seconds,
+                        device,
+                        interrupted=True,
+                    )
     bar.close()
 
     eval_loss = evaluate(forward, eval_set, plan.micro_batch, pad_id, processes, device)
@@ -629,14 +705,30 @@ def train(config: FinetuneConfig, resume: bool = False, merge: bool = False) -> 
 
             merged_dir = merge_adapter(trainable.base_dir, adapter_dir, out / "merged")
     barrier(processes)
-    result = _result(step, plan, trainable, loss, eval_loss, out, merged_dir, counts, started, tokens_seen, train_seconds, device)
+    result = _result(
+        step, plan, trainable, loss, eval_loss, out, merged_dir, counts, started, tokens_seen, train_seconds, device
+    )
     if processes.is_main:
         (out / "run.json").write_text(json.dumps(asdict(result), indent=2))
         _say(f"adapter saved to {adapter_dir}" + (f"; merged model in {merged_dir}" if merged_dir else ""))
     return result
 
 
-def _result(step: int, plan: BatchPlan, trainable: TrainableModel, loss: float | None, eval_loss: float | None, out: Path, merged: Path | None, counts: dict[str, int], started: float, tokens: int, train_seconds: float, device: torch.device, interrupted: bool = False) -> TrainResult:
+def _result(
+    step: int,
+    plan: BatchPlan,
+    trainable: TrainableModel,
+    loss: float | None,
+    eval_loss: float | None,
+    out: Path,
+    merged: Path | None,
+    counts: dict[str, int],
+    started: float,
+    tokens: int,
+    train_seconds: float,
+    device: torch.device,
+    interrupted: bool = False,
+) -> TrainResult:
     return TrainResult(
         steps=step,
         plan=asdict(plan),

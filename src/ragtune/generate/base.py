@@ -13,8 +13,8 @@ numbers a reader sees always match the citation list.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Generator as PyGenerator
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ragtune.store.milvus import Hit

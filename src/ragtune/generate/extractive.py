@@ -16,6 +16,7 @@ quoting something unrelated.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import threading
@@ -31,14 +32,144 @@ from ragtune.generate.base import NOT_FOUND, Generation
 from ragtune.store.milvus import Hit
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
-_ABBREVIATIONS = {"e.g.", "i.e.", "etc.", "mr.", "mrs.", "dr.", "prof.", "vs.", "st.", "no.", "fig.", "u.s.", "inc.", "ltd.", "jr.", "sr.", "approx."}
+_ABBREVIATIONS = {
+    "e.g.",
+    "i.e.",
+    "etc.",
+    "mr.",
+    "mrs.",
+    "dr.",
+    "prof.",
+    "vs.",
+    "st.",
+    "no.",
+    "fig.",
+    "u.s.",
+    "inc.",
+    "ltd.",
+    "jr.",
+    "sr.",
+    "approx.",
+}
 _WORD = re.compile(r"[A-Za-z0-9]+")
 _STOPWORDS = frozenset(
-    "a an the and or but if of at by for with about against between into through during before after above below to "
-    "from up down in out on off over under again further then once here there when where why how all any both each few "
-    "more most other some such no nor not only own same so than too very can will just should now is are was were be "
-    "been being have has had having do does did doing what which who whom this that these those i me my we our you your "
-    "he him his she her it its they them their am would could also as many much one".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "at",
+        "by",
+        "for",
+        "with",
+        "about",
+        "against",
+        "between",
+        "into",
+        "through",
+        "during",
+        "before",
+        "after",
+        "above",
+        "below",
+        "to",
+        "from",
+        "up",
+        "down",
+        "in",
+        "out",
+        "on",
+        "off",
+        "over",
+        "under",
+        "again",
+        "further",
+        "then",
+        "once",
+        "here",
+        "there",
+        "when",
+        "where",
+        "why",
+        "how",
+        "all",
+        "any",
+        "both",
+        "each",
+        "few",
+        "more",
+        "most",
+        "other",
+        "some",
+        "such",
+        "no",
+        "nor",
+        "not",
+        "only",
+        "own",
+        "same",
+        "so",
+        "than",
+        "too",
+        "very",
+        "can",
+        "will",
+        "just",
+        "should",
+        "now",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "have",
+        "has",
+        "had",
+        "having",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "this",
+        "that",
+        "these",
+        "those",
+        "i",
+        "me",
+        "my",
+        "we",
+        "our",
+        "you",
+        "your",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "it",
+        "its",
+        "they",
+        "them",
+        "their",
+        "am",
+        "would",
+        "could",
+        "also",
+        "as",
+        "many",
+        "much",
+        "one",
+    ]
 )
 
 
@@ -47,7 +178,7 @@ def _blocks(text: str) -> list[str]:
     them on lines of their own): a short unpunctuated line followed by a capitalised one."""
     blocks, current = [], []
     lines = [line.strip() for line in text.splitlines()] + [""]
-    for line, following in zip(lines, lines[1:]):
+    for line, following in itertools.pairwise(lines):
         if not line:
             blocks.append(" ".join(current))
             current = []
@@ -105,8 +236,8 @@ class ScoredSentence:
 class ExtractiveAnswerer:
     """Answers by quoting the best-matching retrieved sentences, each cited.
 
-        answerer = ExtractiveAnswerer(embedder, min_relevance=0.25)
-        generation = answerer.generate("Who maintains Milvus?", hits)
+    answerer = ExtractiveAnswerer(embedder, min_relevance=0.25)
+    generation = answerer.generate("Who maintains Milvus?", hits)
     """
 
     name = "extractive"
@@ -205,11 +336,12 @@ class ExtractiveAnswerer:
 
     @staticmethod
     def _quote(sentence: ScoredSentence, chosen: list[ScoredSentence]) -> str:
-        context_chosen = any(c.hit_number == sentence.hit_number and c.position == sentence.position - 1 for c in chosen)
+        context_chosen = any(
+            c.hit_number == sentence.hit_number and c.position == sentence.position - 1 for c in chosen
+        )
         if sentence.context and not context_chosen and _ANAPHORA.match(sentence.text):
             return f"{sentence.context} {sentence.text}"
         return sentence.text
 
     def _relevance(self, sentence: ScoredSentence) -> float:
         return sentence.semantic if self.embedder is not None else sentence.lexical
-

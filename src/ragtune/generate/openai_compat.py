@@ -74,7 +74,7 @@ class OpenAICompatGenerator:
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "OpenAICompatGenerator":
+    def from_settings(cls, settings: Any) -> OpenAICompatGenerator:
         return cls(
             settings.llm_base_url,
             settings.llm_model,
@@ -100,7 +100,9 @@ class OpenAICompatGenerator:
         return self.backoff_seconds * 2**attempt
 
     @contextmanager
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None, stream: bool = False) -> Iterator[httpx.Response]:
+    def _send(
+        self, method: str, path: str, body: dict[str, Any] | None = None, stream: bool = False
+    ) -> Iterator[httpx.Response]:
         """One request with retries; yields a response whose status is 2xx (body unread if streaming)."""
         last_error, delay = "", 0.0
         for attempt in range(self.max_retries + 1):
@@ -229,7 +231,11 @@ def _content(message: dict[str, Any]) -> str:
 
 def _usage(payload: dict[str, Any]) -> dict[str, int]:
     usage = payload.get("usage") or {}
-    return {k: int(v) for k, v in usage.items() if k in ("prompt_tokens", "completion_tokens", "total_tokens") and v is not None}
+    return {
+        k: int(v)
+        for k, v in usage.items()
+        if k in ("prompt_tokens", "completion_tokens", "total_tokens") and v is not None
+    }
 
 
 def _error_message(response: httpx.Response) -> str:

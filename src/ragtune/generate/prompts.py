@@ -73,7 +73,9 @@ def defuse(text: str, special_tokens: Sequence[str] = ()) -> str:
 
 
 def _attribute(value: str) -> str:
-    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    return (
+        value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+    )
 
 
 def format_context(hits: Sequence[Hit], special_tokens: Sequence[str] = ()) -> str:
@@ -94,10 +96,7 @@ def build_messages(question: str, hits: Sequence[Hit], special_tokens: Sequence[
     No packing here: `render_prompt` decides which hits fit. Fine-tuning appends
     ``{"role": "assistant", "content": render_target(...)}`` to these messages.
     """
-    if not hits:
-        documents = "<documents>\n</documents>"
-    else:
-        documents = format_context(hits, special_tokens)
+    documents = "<documents>\n</documents>" if not hits else format_context(hits, special_tokens)
     question = defuse(" ".join(question.split()), special_tokens)
     # A literal "[n]" placeholder gets copied verbatim by small models; a real number does not.
     user = f"{documents}\n\nQuestion: {question}\nAnswer using only the documents above and cite each one you use by its number, like [1]."
@@ -188,4 +187,3 @@ def render_prompt(
             f"(RAGTUNE_LLM_CONTEXT_TOKENS {context_tokens} - RAGTUNE_LLM_MAX_NEW_TOKENS {max_new_tokens})"
         )
     return RenderedPrompt(messages, text, len(kept), tokens)
-

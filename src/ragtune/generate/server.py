@@ -76,13 +76,18 @@ def create_llm_app(lm: LocalLM, model_name: str | None = None, default_max_token
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": served, "object": "model", "created": created, "owned_by": "ragtune"}]}
+        return {
+            "object": "list",
+            "data": [{"id": served, "object": "model", "created": created, "owned_by": "ragtune"}],
+        }
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: ChatRequest) -> JSONResponse | StreamingResponse:
         if request.model != served:
             return _error(
-                404, f"model {request.model!r} does not exist; this server serves {served!r}", "invalid_request_error",
+                404,
+                f"model {request.model!r} does not exist; this server serves {served!r}",
+                "invalid_request_error",
                 "model_not_found",
             )
         stops = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
@@ -135,7 +140,13 @@ def _sse(
     created = int(time.time())
 
     def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        chunk = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
+        chunk = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": choices,
+        }
         return f"data: {json.dumps({**chunk, **extra}, ensure_ascii=False)}\n\n"
 
     yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])

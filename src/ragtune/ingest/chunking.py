@@ -68,7 +68,7 @@ def split_spans(text: str, chunk_size: int, chunk_overlap: int) -> list[tuple[in
     """Character spans of the chunks of `text` (whitespace trimmed)."""
     if chunk_size <= 0 or not 0 <= chunk_overlap < chunk_size:
         raise ValueError(f"need 0 <= chunk_overlap < chunk_size; got size {chunk_size}, overlap {chunk_overlap}")
-    pieces = [p for p in _pieces(text, 0, len(text), chunk_size, 0) if text[p[0]:p[1]].strip()]
+    pieces = [p for p in _pieces(text, 0, len(text), chunk_size, 0) if text[p[0] : p[1]].strip()]
     chunks: list[tuple[int, int]] = []
     current: list[tuple[int, int]] = []
     for piece in pieces:
@@ -98,9 +98,7 @@ def document_id(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()[:24]
 
 
-def chunk_document(
-    doc: LoadedDocument, chunk_size: int, chunk_overlap: int, tags: tuple[str, ...] = ()
-) -> list[Chunk]:
+def chunk_document(doc: LoadedDocument, chunk_size: int, chunk_overlap: int, tags: tuple[str, ...] = ()) -> list[Chunk]:
     doc_id = document_id(doc.source)
     chunks: list[Chunk] = []
     for section in doc.sections:

@@ -80,10 +80,7 @@ def detect_content_type(data: bytes, filename: str) -> str:
     head = data[:_SNIFF_BYTES]
     control = sum(1 for b in head if b < 9 or 13 < b < 32)
     if b"\x00" in head or control > len(head) * 0.05:
-        raise LoaderError(
-            f"{name} looks like a binary file, not text; supported types are "
-            "txt, md, html, pdf and docx"
-        )
+        raise LoaderError(f"{name} looks like a binary file, not text; supported types are txt, md, html, pdf and docx")
     if suffix in _MARKDOWN_EXTENSIONS:
         return MARKDOWN
     if suffix in _HTML_EXTENSIONS:
@@ -128,7 +125,9 @@ def load_bytes(data: bytes, source: str, max_uncompressed_bytes: int = 200 * 102
     elif content_type == HTML:
         title, sections = _html_sections(decode_text(data, name))
     elif content_type == MARKDOWN:
-        title, sections = _html_sections(markdown.markdown(decode_text(data, name), extensions=["tables", "fenced_code"]))
+        title, sections = _html_sections(
+            markdown.markdown(decode_text(data, name), extensions=["tables", "fenced_code"])
+        )
     else:
         title, sections = "", [Section(_normalise(decode_text(data, name)))]
     sections = [s for s in sections if s.text]
@@ -152,7 +151,9 @@ def _load_pdf(data: bytes, name: str) -> tuple[str, list[Section]]:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise LoaderError(f"{name} is an encrypted PDF; index a decrypted copy")
-        sections = [Section(_normalise(page.extract_text() or ""), page=i) for i, page in enumerate(reader.pages, start=1)]
+        sections = [
+            Section(_normalise(page.extract_text() or ""), page=i) for i, page in enumerate(reader.pages, start=1)
+        ]
         title = str((reader.metadata or {}).get("/Title") or "")
     except LoaderError:
         raise
@@ -228,7 +229,7 @@ def _html_sections(html: str) -> tuple[str, list[Section]]:
     for line in text.split("\n"):
         if line.startswith(_HEADING_MARK):
             flush()
-            level, _, heading = line[len(_HEADING_MARK):].partition(" ")
+            level, _, heading = line[len(_HEADING_MARK) :].partition(" ")
             trail = [(lvl, h) for lvl, h in trail if lvl < int(level)] + [(int(level), heading.strip())]
         else:
             lines.append(line)

@@ -106,7 +106,13 @@ class Ingestor:
         roots = [p.resolve() for p in paths]
         report = IngestReport()
         files = list(discover(roots, shard))
-        bar = tqdm(total=len(files), unit="file", desc="indexing", file=sys.stderr, disable=None if progress is None else not progress)
+        bar = tqdm(
+            total=len(files),
+            unit="file",
+            desc="indexing",
+            file=sys.stderr,
+            disable=None if progress is None else not progress,
+        )
 
         def on_done() -> None:
             bar.update(1)
@@ -174,7 +180,7 @@ class Ingestor:
         try:
             payload = read()
             parsed = payload if isinstance(payload, LoadedDocument) else None
-            data = f"{parsed.title}\n{parsed.text}".encode("utf-8") if parsed else payload
+            data = f"{parsed.title}\n{parsed.text}".encode() if parsed else payload
             size = len(data)
             if size > self.settings.max_file_bytes:
                 raise LoaderError(
@@ -203,7 +209,9 @@ class Ingestor:
         self.catalog.mark_pending(p.pending for p in batch)
         self.store.delete_documents(p.pending.id for p in batch)
         self.store.insert(chunks, vectors)
-        self.catalog.mark_indexed(IndexedDocument(p.pending.id, len(p.chunks), p.doc.content_type, p.doc.title) for p in batch)
+        self.catalog.mark_indexed(
+            IndexedDocument(p.pending.id, len(p.chunks), p.doc.content_type, p.doc.title) for p in batch
+        )
         report.indexed.extend(p.pending.source for p in batch)
         report.chunks += len(chunks)
 
@@ -217,4 +225,3 @@ class Ingestor:
             self.store.delete_documents([doc_id])
             self.catalog.delete(doc_id)
             report.removed.append(source)
-

@@ -22,7 +22,6 @@ quantize_app = typer.Typer(
 )
 
 
-
 @quantize_app.callback()
 def _group() -> None:
     """NF4 4-bit quantization (QLoRA's NormalFloat): error reports."""
@@ -71,11 +70,10 @@ def report(
         bool, typer.Option("--markdown", help="Print the Markdown report instead of terminal tables.")
     ] = False,
     skip: Annotated[
-        list[str], typer.Option(help="Linear layers to keep dense (full name or last name part).")
-    ] = ["lm_head"],  # noqa: B006 - typer reads the default, it is never mutated
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N linear layers (a quick look).")
+        list[str] | None,
+        typer.Option(help="Linear layers to keep dense (full name or last name part)  [default: lm_head]"),
     ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N linear layers (a quick look).")] = None,
     ppl_text: Annotated[
         Path | None,
         typer.Option(help="A UTF-8 text file: also report the perplexity of a causal LM on it."),
@@ -85,8 +83,10 @@ def report(
 ) -> None:
     """Measure NF4, NF4+double-quant, FP4 and INT4 error on every linear weight of a model."""
     from ragtune.models import ModelNotFoundError
+    from ragtune.quant.linear import DEFAULT_SKIP
     from ragtune.quant.nf4 import check_blocksize
 
+    skip = skip or list(DEFAULT_SKIP)
     try:
         check_blocksize(blocksize)
     except ValueError as exc:
@@ -131,7 +131,6 @@ def report(
             console.print(table)
         console.print(rep.verdict())
     typer.echo(
-        f"wrote {out_dir / 'report.md'}, {out_dir / 'report.json'}, {png} "
-        f"({time.perf_counter() - start:.0f} s)",
+        f"wrote {out_dir / 'report.md'}, {out_dir / 'report.json'}, {png} ({time.perf_counter() - start:.0f} s)",
         err=True,
     )

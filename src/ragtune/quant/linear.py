@@ -106,9 +106,7 @@ class NF4Linear(nn.Module):
     ) -> None:
         super().__init__()
         if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"in_features and out_features must be positive; got {in_features}, {out_features}"
-            )
+            raise ValueError(f"in_features and out_features must be positive; got {in_features}, {out_features}")
         self.in_features = in_features
         self.out_features = out_features
         self.blocksize = check_blocksize(blocksize)
@@ -127,11 +125,7 @@ class NF4Linear(nn.Module):
             self.register_buffer("absmax", torch.zeros(nblocks, dtype=torch.float32, device=device))
             self.register_buffer("absmax_scale", None)
             self.register_buffer("absmax_offset", None)
-        self.bias = (
-            nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False)
-            if bias
-            else None
-        )
+        self.bias = nn.Parameter(torch.zeros(out_features, device=device), requires_grad=False) if bias else None
 
     @classmethod
     def from_linear(
@@ -205,8 +199,7 @@ class NF4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(
-                f"NF4Linear expects inputs with last dimension {self.in_features}; "
-                f"got shape {tuple(x.shape)}"
+                f"NF4Linear expects inputs with last dimension {self.in_features}; got shape {tuple(x.shape)}"
             )
         dtype = self.resolved_compute_dtype(x.device)
         x2d = x.reshape(-1, self.in_features).to(dtype)
@@ -450,9 +443,7 @@ def load_nf4_model(directory: str | Path, model_class: Any = None) -> nn.Module:
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        raise FileNotFoundError(
-            f"{manifest_path} not found: {directory} is not an NF4 model saved by save_nf4_model"
-        )
+        raise FileNotFoundError(f"{manifest_path} not found: {directory} is not an NF4 model saved by save_nf4_model")
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("format") != "ragtune-nf4":
         raise ValueError(f"{manifest_path} is not a ragtune NF4 manifest")
@@ -469,7 +460,6 @@ def load_nf4_model(directory: str | Path, model_class: Any = None) -> nn.Module:
     missing, unexpected = load_model(model, str(directory / WEIGHTS), strict=False)
     if missing or unexpected:
         raise ValueError(
-            f"{directory / WEIGHTS} does not match the model: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
+            f"{directory / WEIGHTS} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model

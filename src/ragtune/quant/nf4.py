@@ -195,9 +195,7 @@ def _nearest_level(scaled: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return torch.index_select(below, 0, b) + (scaled > torch.index_select(inside, 0, b))
 
 
-def quantize_codes(
-    w: torch.Tensor, levels: torch.Tensor, blocksize: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_codes(w: torch.Tensor, levels: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Blockwise absmax quantization of ``w`` onto sorted ``levels`` in [-1, 1].
 
     Returns one uint8 level index per element (flat, length ``w.numel()``) and the fp32
@@ -234,9 +232,7 @@ def quantize_codes(
     return codes[:n], absmax
 
 
-def dequantize_codes(
-    codes: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int
-) -> torch.Tensor:
+def dequantize_codes(codes: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int) -> torch.Tensor:
     """Inverse of :func:`quantize_codes`: ``levels[code] * absmax[block]``, flat fp32."""
     n = codes.numel()
     values = levels.to(device=codes.device, dtype=torch.float32)[codes.long()]
@@ -276,9 +272,7 @@ class NF4QuantState:
         lib = native_decoder() if self.absmax.device.type == "cpu" else None
         if lib is not None:
             return _decode_absmax_native(lib, self.absmax, self.absmax_scale, float(self.absmax_offset))
-        decoded = dequantize_codes(
-            self.absmax, self.absmax_scale, _DYNAMIC_MAP, DQ_BLOCKSIZE
-        )
+        decoded = dequantize_codes(self.absmax, self.absmax_scale, _DYNAMIC_MAP, DQ_BLOCKSIZE)
         return decoded + self.absmax_offset
 
     def bits_per_parameter(self) -> float:
@@ -342,9 +336,7 @@ def bits_per_parameter(blocksize: int = 64, double_quant: bool = True) -> float:
     return 4 + 8 / blocksize + 32 / (blocksize * DQ_BLOCKSIZE)
 
 
-def quantize_nf4(
-    w: torch.Tensor, blocksize: int = 64, double_quant: bool = True
-) -> tuple[torch.Tensor, NF4QuantState]:
+def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = True) -> tuple[torch.Tensor, NF4QuantState]:
     """Quantize a tensor of any shape to NF4: flat packed uint8 codes and their state.
 
     The codes and the first-level absmax equal bitsandbytes'
@@ -597,10 +589,15 @@ def native_decoder() -> ctypes.CDLL | None:
     lib.nf4_decode.restype = None
     lib.dq_absmax.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_float, ctypes.c_void_p] + [ctypes.c_int64] * 2
     lib.dq_absmax.restype = None
-    lib.nf4_linear.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [
-        ctypes.c_int64,
-        ctypes.c_void_p,
-    ] + [ctypes.c_int64] * 3
+    lib.nf4_linear.argtypes = (
+        [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+        + [ctypes.c_void_p] * 3
+        + [
+            ctypes.c_int64,
+            ctypes.c_void_p,
+        ]
+        + [ctypes.c_int64] * 3
+    )
     lib.nf4_linear.restype = ctypes.c_int
     lib.nf4_linear_available.argtypes = []
     lib.nf4_linear_available.restype = ctypes.c_int
@@ -682,7 +679,11 @@ def linear_native(
     # The kernel trusts its pointers: check everything it will read.
     if any(t.device.type != "cpu" for t in (x, packed, absmax)) or x.dtype != torch.float32:
         raise ValueError("linear_native takes float32 inputs on the CPU")
-    if packed.dtype != torch.uint8 or packed.numel() != out_features * k // 2 or absmax.numel() < out_features * k // blocksize:
+    if (
+        packed.dtype != torch.uint8
+        or packed.numel() != out_features * k // 2
+        or absmax.numel() < out_features * k // blocksize
+    ):
         raise ValueError(f"packed codes and absmax do not hold a ({out_features}, {k}) weight in blocks of {blocksize}")
     out = torch.empty(m, out_features, dtype=torch.float32)
     parts = max(1, min(torch.get_num_threads(), packed.numel() // _MIN_PARALLEL_BYTES))
@@ -690,8 +691,17 @@ def linear_native(
 
     def run(j0: int) -> int:
         return lib.nf4_linear(
-            x.data_ptr(), m, k, packed.data_ptr(), absmax.data_ptr(), NF4_TABLE.data_ptr(),
-            blocksize, out.data_ptr(), out_features, j0, min(out_features, j0 + rows),
+            x.data_ptr(),
+            m,
+            k,
+            packed.data_ptr(),
+            absmax.data_ptr(),
+            NF4_TABLE.data_ptr(),
+            blocksize,
+            out.data_ptr(),
+            out_features,
+            j0,
+            min(out_features, j0 + rows),
         )
 
     futures = [_workers().submit(run, j0) for j0 in range(rows, out_features, rows)]
@@ -712,7 +722,13 @@ def _decode_absmax_native(lib: ctypes.CDLL, codes: torch.Tensor, scales: torch.T
         raise ValueError("absmax must be uint8 codes with one scale per 256 of them")
     out = torch.empty(codes.numel(), dtype=torch.float32)
     lib.dq_absmax(
-        codes.data_ptr(), _DYNAMIC_MAP.data_ptr(), scales.data_ptr(), offset, out.data_ptr(), codes.numel(), DQ_BLOCKSIZE
+        codes.data_ptr(),
+        _DYNAMIC_MAP.data_ptr(),
+        scales.data_ptr(),
+        offset,
+        out.data_ptr(),
+        codes.numel(),
+        DQ_BLOCKSIZE,
     )
     return out
 
@@ -733,9 +749,7 @@ def _decode_in_chunks(packed: torch.Tensor, absmax: torch.Tensor, bs: int, out: 
         )
 
 
-def dequantize_nf4(
-    packed: torch.Tensor, state: NF4QuantState, dtype: torch.dtype | None = None
-) -> torch.Tensor:
+def dequantize_nf4(packed: torch.Tensor, state: NF4QuantState, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Decode packed NF4 codes to a tensor of ``state.shape`` (in ``state.dtype`` by default).
 
     Works on CPU and CUDA; the output is computed in fp32 and rounded once to ``dtype``.
@@ -751,8 +765,7 @@ def dequantize_nf4(
     n = state.numel
     if packed.dtype != torch.uint8 or packed.numel() != -(-n // 2):
         raise ValueError(
-            f"packed must be {-(-n // 2)} uint8 bytes for shape {state.shape}; "
-            f"got {packed.numel()} of {packed.dtype}"
+            f"packed must be {-(-n // 2)} uint8 bytes for shape {state.shape}; got {packed.numel()} of {packed.dtype}"
         )
     packed = packed.reshape(-1)
     if packed.is_cuda and (triton_decode := _triton_decoder()) is not None:

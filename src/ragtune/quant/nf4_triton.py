@@ -96,7 +96,9 @@ def decode_nf4(
         raise ValueError(f"{numel} weights need {-(-numel // 2)} packed bytes; got {n_bytes}")
     n_blocks = -(-numel // blocksize)
     if absmax.numel() < n_blocks:
-        raise ValueError(f"{numel} weights in blocks of {blocksize} need {n_blocks} absmax values; got {absmax.numel()}")
+        raise ValueError(
+            f"{numel} weights in blocks of {blocksize} need {n_blocks} absmax values; got {absmax.numel()}"
+        )
     levels, dq_map = _device_tables(packed.device)
     double_quant = absmax_scale is not None
     if double_quant:

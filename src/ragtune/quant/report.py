@@ -35,7 +35,6 @@ from torch import nn
 from ragtune.quant.linear import DEFAULT_SKIP, quantizable_linears
 from ragtune.quant.nf4 import (
     DQ_BLOCKSIZE,
-    NF4_TABLE,
     bits_per_parameter,
     check_blocksize,
     dequantize_codes,
@@ -108,9 +107,7 @@ def error_stats(w: torch.Tensor, blocksize: int = 64) -> dict[str, ErrorStat]:
     out = {}
     for method in METHODS:
         diff = fake_quantize(ref, method, blocksize) - ref
-        out[method] = ErrorStat(
-            mse=float(diff.double().square().mean()), max_abs=float(diff.abs().max())
-        )
+        out[method] = ErrorStat(mse=float(diff.double().square().mean()), max_abs=float(diff.abs().max()))
     return out
 
 
@@ -189,9 +186,7 @@ class QuantReport:
         for method in METHODS:
             mse = self.overall_mse(method)
             best = sum(
-                1
-                for r in self.layers
-                if r.errors[method].mse <= min(r.errors[m].mse for m in ("nf4", "fp4", "int4"))
+                1 for r in self.layers if r.errors[method].mse <= min(r.errors[m].mse for m in ("nf4", "fp4", "int4"))
             )
             worst = max((r.errors[method].max_abs for r in self.layers), default=math.nan)
             rows.append(
@@ -216,9 +211,7 @@ class QuantReport:
         if not n:
             return "No linear weights were measured."
         holds = "holds" if self.claim_holds() else "does NOT hold"
-        nf4_best = sum(
-            r.errors["nf4"].mse < min(r.errors["fp4"].mse, r.errors["int4"].mse) for r in self.layers
-        )
+        nf4_best = sum(r.errors["nf4"].mse < min(r.errors["fp4"].mse, r.errors["int4"].mse) for r in self.layers)
         return (
             f"Observed order by MSE over all {n} linear weights: {self.observed_order()}. "
             f"QLoRA's order NF4 < FP4 < INT4 {holds} on these weights; it holds layer by layer "
@@ -269,9 +262,7 @@ class QuantReport:
                 "",
                 f"Perplexity on a fixed text ({self.perplexity_tokens} tokens), linear weights replaced by each code:",
                 "",
-                _md_table(
-                    list(self.perplexity), [[f"{v:.3f}" for v in self.perplexity.values()]]
-                ),
+                _md_table(list(self.perplexity), [[f"{v:.3f}" for v in self.perplexity.values()]]),
             ]
         if per_layer and self.layers:
             lines += ["", "Per layer (MSE):", ""]

@@ -57,14 +57,18 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[K]], weights: Sequence[fl
 class Retriever:
     """Finds the chunks that best match a question.
 
-        retriever = Retriever(store, embedder, settings)
-        hits = retriever.run("How do I deploy?", top_k=5, mode="hybrid")
+    retriever = Retriever(store, embedder, settings)
+    hits = retriever.run("How do I deploy?", top_k=5, mode="hybrid")
     """
 
-    def __init__(self, store: MilvusStore, embedder: Embedder, settings: Settings, reranker: Reranker | None = None) -> None:
+    def __init__(
+        self, store: MilvusStore, embedder: Embedder, settings: Settings, reranker: Reranker | None = None
+    ) -> None:
         self.store, self.embedder, self.settings, self.reranker = store, embedder, settings, reranker
 
-    def run(self, query: str, top_k: int | None = None, mode: RetrievalMode | None = None, filters: Filters | None = None) -> list[Hit]:
+    def run(
+        self, query: str, top_k: int | None = None, mode: RetrievalMode | None = None, filters: Filters | None = None
+    ) -> list[Hit]:
         return self.run_many([query], top_k, mode, filters)[0]
 
     def run_many(
@@ -88,10 +92,7 @@ class Retriever:
         sparse = self.store.search_bm25(queries, depth, filters) if mode in ("bm25", "hybrid") else None
         results = []
         for i, query in enumerate(queries):
-            if mode == "hybrid":
-                hits = self.fuse(dense[i], sparse[i])  # type: ignore[index]
-            else:
-                hits = (dense or sparse)[i]  # type: ignore[index]
+            hits = self.fuse(dense[i], sparse[i]) if mode == "hybrid" else (dense or sparse)[i]  # type: ignore[index]
             if self.reranker is not None:
                 hits = self.reranker.rerank(query, hits)
             results.append(hits[:top_k])

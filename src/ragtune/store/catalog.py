@@ -13,9 +13,9 @@ processes (API replicas, indexing workers) share one catalog.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
@@ -69,10 +69,20 @@ class DocumentRecord:
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: DocumentRow) -> "DocumentRecord":
+    def of(cls, row: DocumentRow) -> DocumentRecord:
         return cls(
-            row.id, row.source, row.content_hash, row.status, row.error, row.chunks, row.content_type,
-            row.title, row.size_bytes, tuple(row.tags or ()), row.created_at, row.updated_at,
+            row.id,
+            row.source,
+            row.content_hash,
+            row.status,
+            row.error,
+            row.chunks,
+            row.content_type,
+            row.title,
+            row.size_bytes,
+            tuple(row.tags or ()),
+            row.created_at,
+            row.updated_at,
         )
 
 
@@ -142,12 +152,17 @@ class Catalog:
     def states(self) -> dict[str, tuple[str, str]]:
         """doc_id -> (content_hash, status) for every document; one query for large runs."""
         with self.session() as s:
-            return {i: (h, st) for i, h, st in s.execute(select(DocumentRow.id, DocumentRow.content_hash, DocumentRow.status))}
+            return {
+                i: (h, st)
+                for i, h, st in s.execute(select(DocumentRow.id, DocumentRow.content_hash, DocumentRow.status))
+            }
 
     def sources_under(self, prefix: str) -> dict[str, str]:
         """source -> doc_id for every document whose source starts with `prefix`."""
         with self.session() as s:
-            rows = s.execute(select(DocumentRow.source, DocumentRow.id).where(DocumentRow.source.startswith(prefix, autoescape=True)))
+            rows = s.execute(
+                select(DocumentRow.source, DocumentRow.id).where(DocumentRow.source.startswith(prefix, autoescape=True))
+            )
             return dict(rows.all())
 
     def list(self, offset: int = 0, limit: int = 50, status: str | None = None) -> tuple[list[DocumentRecord], int]:
@@ -162,7 +177,11 @@ class Catalog:
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
-            rows = s.execute(select(DocumentRow.status, func.count(), func.coalesce(func.sum(DocumentRow.chunks), 0)).group_by(DocumentRow.status)).all()
+            rows = s.execute(
+                select(DocumentRow.status, func.count(), func.coalesce(func.sum(DocumentRow.chunks), 0)).group_by(
+                    DocumentRow.status
+                )
+            ).all()
         counts = {PENDING: 0, INDEXED: 0, FAILED: 0, "chunks": 0}
         for status, n, chunks in rows:
             counts[status] = int(n)

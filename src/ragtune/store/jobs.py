@@ -25,7 +25,21 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, and_, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ragtune.store.catalog import Catalog, _Base
@@ -135,8 +149,13 @@ class JobQueue:
             for seq, f in enumerate(files):
                 s.add(
                     JobFileRow(
-                        job_id=job_id, seq=seq, filename=f.filename[:255], source=f.source, doc_id=f.doc_id,
-                        size_bytes=len(f.data), data=f.data,
+                        job_id=job_id,
+                        seq=seq,
+                        filename=f.filename[:255],
+                        source=f.source,
+                        doc_id=f.doc_id,
+                        size_bytes=len(f.data),
+                        data=f.data,
                     )
                 )
         job = self.get(job_id)
@@ -151,15 +170,31 @@ class JobQueue:
                 return None
             files = s.execute(
                 select(
-                    JobFileRow.seq, JobFileRow.filename, JobFileRow.source, JobFileRow.doc_id, JobFileRow.size_bytes,
-                    JobFileRow.status, JobFileRow.chunks, JobFileRow.error,
+                    JobFileRow.seq,
+                    JobFileRow.filename,
+                    JobFileRow.source,
+                    JobFileRow.doc_id,
+                    JobFileRow.size_bytes,
+                    JobFileRow.status,
+                    JobFileRow.chunks,
+                    JobFileRow.error,
                 )
                 .where(JobFileRow.job_id == job_id)
                 .order_by(JobFileRow.seq)
             ).all()
             return Job(
-                row.id, row.state, tuple(row.tags or ()), row.files_total, row.files_done, row.files_failed, row.chunks,
-                row.attempts, row.error, row.claimed_by, row.created_at, row.updated_at,
+                row.id,
+                row.state,
+                tuple(row.tags or ()),
+                row.files_total,
+                row.files_done,
+                row.files_failed,
+                row.chunks,
+                row.attempts,
+                row.error,
+                row.claimed_by,
+                row.created_at,
+                row.updated_at,
                 tuple(JobFile(*f) for f in files),
             )
 
@@ -205,7 +240,8 @@ class JobQueue:
                         update(JobRow)
                         .where(JobRow.id == job_id, claimable)
                         .values(
-                            state=FAILED, lease_until=0.0,
+                            state=FAILED,
+                            lease_until=0.0,
                             error=f"gave up after {attempts} attempts: the worker running it stopped each time "
                             "(killed, out of memory?); see the worker logs, then upload the files again",
                         )
@@ -215,7 +251,12 @@ class JobQueue:
                 claimed = s.execute(
                     update(JobRow)
                     .where(JobRow.id == job_id, claimable)
-                    .values(state=RUNNING, claimed_by=worker_id, lease_until=now + lease_seconds, attempts=JobRow.attempts + 1)
+                    .values(
+                        state=RUNNING,
+                        claimed_by=worker_id,
+                        lease_until=now + lease_seconds,
+                        attempts=JobRow.attempts + 1,
+                    )
                 ).rowcount
             if claimed:
                 return self.get(job_id)

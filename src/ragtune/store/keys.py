@@ -70,7 +70,9 @@ class KeyStore:
         if len(name) > 128:
             raise ValueError(f"a key name has at most 128 characters; got {len(name)}")
         secret = _PREFIX + secrets.token_urlsafe(32)
-        row = ApiKeyRow(id=secrets.token_hex(4), name=name, hash=hash_key(secret), hint=secret[:7] + "…", created_at=_now())
+        row = ApiKeyRow(
+            id=secrets.token_hex(4), name=name, hash=hash_key(secret), hint=secret[:7] + "…", created_at=_now()
+        )
         with self.catalog.session() as s, s.begin():
             s.add(row)
         return CreatedKey(_key(row), secret)

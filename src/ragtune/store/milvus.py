@@ -15,13 +15,15 @@ drift from the stored text.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +179,12 @@ class MilvusStore:
         schema.add_field("heading", DataType.VARCHAR, max_length=1024)
         schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=_MAX_TAGS, max_length=128)
         schema.add_function(
-            Function(name="text_bm25", function_type=FunctionType.BM25, input_field_names=["text"], output_field_names=["sparse"])
+            Function(
+                name="text_bm25",
+                function_type=FunctionType.BM25,
+                input_field_names=["text"],
+                output_field_names=["sparse"],
+            )
         )
         index = client.prepare_index_params()
         # Lite searches exactly (FLAT, a few ms at 10k chunks); a server picks its ANN index.
@@ -254,7 +261,10 @@ class MilvusStore:
 
     def count(self, filters: Filters | None = None) -> int:
         rows = self._call(
-            self._client.query, self.collection, filter=filters.expression() if filters else "", output_fields=["count(*)"]
+            self._client.query,
+            self.collection,
+            filter=filters.expression() if filters else "",
+            output_fields=["count(*)"],
         )
         return int(rows[0]["count(*)"])
 
@@ -282,10 +292,8 @@ class MilvusStore:
     def close(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a dead connection must not mask the real error
                 client.close()
-            except Exception:  # closing a dead connection must not mask the real error
-                pass
             self._client = None
         if self._lock is not None:
             self._lock.release()
@@ -307,7 +315,9 @@ class MilvusStore:
         if is_server_uri(self.uri) and any(
             s in text.lower() for s in ("unavailable", "connect", "deadline", "timeout", "fail to", "not ready")
         ):
-            return StoreUnavailableError(f"Milvus at {self.uri} is unreachable ({text[:200]}); check that the server is up")
+            return StoreUnavailableError(
+                f"Milvus at {self.uri} is unreachable ({text[:200]}); check that the server is up"
+            )
         return StoreError(f"Milvus error on {self.collection!r}: {text[:500]}")
 
 

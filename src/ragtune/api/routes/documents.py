@@ -35,12 +35,15 @@ def upload_documents(
     settings = services.settings
     if len(files) > settings.max_files_per_request:
         raise ApiError(
-            413, "too_many_files",
+            413,
+            "too_many_files",
             f"{len(files)} files in one request, over the limit of {settings.max_files_per_request} "
             "(RAGTUNE_MAX_FILES_PER_REQUEST); send them in several requests",
         )
     if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS or not t.strip() for t in tags):
-        raise ApiError(422, "invalid_tags", f"give at most {_MAX_TAGS} tags of 1 to {_MAX_TAG_CHARS} characters; got {tags[:5]!r}…")
+        raise ApiError(
+            422, "invalid_tags", f"give at most {_MAX_TAGS} tags of 1 to {_MAX_TAG_CHARS} characters; got {tags[:5]!r}…"
+        )
     checked = []
     for upload in files:
         # Reads at most one byte past the limit: check_upload reports the oversize file.
@@ -48,7 +51,11 @@ def upload_documents(
     names = [c.file.source for c in checked]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise ApiError(422, "duplicate_filename", f"several files would become the same document: {', '.join(duplicates)}; rename them")
+        raise ApiError(
+            422,
+            "duplicate_filename",
+            f"several files would become the same document: {', '.join(duplicates)}; rename them",
+        )
     job = services.queue.enqueue([c.file for c in checked], tuple(t.strip() for t in tags))
     if services.worker is not None:
         services.worker.wake()
@@ -57,8 +64,11 @@ def upload_documents(
         status_url=f"/v1/jobs/{job.id}",
         documents=[
             UploadedDocument(
-                filename=c.file.filename, source=c.file.source, document_id=c.file.doc_id,
-                size_bytes=len(c.file.data), content_type=c.content_type,
+                filename=c.file.filename,
+                source=c.file.source,
+                document_id=c.file.doc_id,
+                size_bytes=len(c.file.data),
+                content_type=c.content_type,
             )
             for c in checked
         ],

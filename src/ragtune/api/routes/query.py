@@ -35,7 +35,9 @@ def query(services: ServicesDep, request: QueryRequest) -> QueryResponse | Strea
     `token` (answer text, in order, as it is written), then `done` (this same response);
     `error` if the answer fails after the stream began."""
     if request.stream:
-        return StreamingResponse(services.queries.query_events(request), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(
+            services.queries.query_events(request), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
     return services.queries.query(request)
 
 
@@ -44,9 +46,13 @@ def chat_completions(services: ServicesDep, request: ChatCompletionRequest) -> C
     """OpenAI Chat Completions: the last user message is answered from the documents, with
     a source list in the text and the citations in `citations`."""
     if request.model != MODEL_ID:
-        raise ApiError(404, "model_not_found", f"model {request.model!r} does not exist; use model {MODEL_ID!r} (GET /v1/models)")
+        raise ApiError(
+            404, "model_not_found", f"model {request.model!r} does not exist; use model {MODEL_ID!r} (GET /v1/models)"
+        )
     if request.stream:
-        return StreamingResponse(services.queries.chat_chunks(request), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(
+            services.queries.chat_chunks(request), media_type="text/event-stream", headers=_SSE_HEADERS
+        )
     return services.queries.chat(request)
 
 
