@@ -26,7 +26,7 @@ import torch
 
 from ragtune.generate.local import LocalLM, SamplingParams, linear_weight_bytes
 from ragtune.generate.prompts import render_prompt
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 CHUNK = (
     "The Rhine is a European river that begins in the Swiss canton of Graubünden in the southeastern Swiss Alps, "

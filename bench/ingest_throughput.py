@@ -21,8 +21,8 @@ import torch
 from ragtune.config import Settings
 from ragtune.embed import LocalEmbedder
 from ragtune.ingest.chunking import chunk_document
-from ragtune.ingest.loaders import load_file
-from ragtune.rag import Pipeline
+from ragtune.ingest.loaders import load_bytes
+from ragtune.system import build
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-dev" / "docs"
 
@@ -41,26 +41,26 @@ def main() -> None:
             for article in sorted(SQUAD.glob("*.md")):
                 (docs / f"{copy}-{article.name}").write_text(article.read_text(encoding="utf-8"), encoding="utf-8")
         settings = Settings(data_dir=Path(tmp) / "data")
-        embedder = LocalEmbedder(batch_size=settings.embedding_batch_size)
+        embedder = LocalEmbedder(batch_size=settings.embedding.batch_size)
         chunks = [
             c
             for path in sorted(docs.iterdir())
             for c in chunk_document(
-                load_file(path, settings.max_file_bytes, settings.max_uncompressed_bytes),
-                settings.chunk_size,
-                settings.chunk_overlap,
+                load_bytes(path.read_bytes(), str(path), settings.ingest.max_uncompressed_bytes),
+                settings.ingest.chunk_size,
+                settings.ingest.chunk_overlap,
             )
         ]
         texts = [c.text for c in chunks]
         embedder.embed(texts[:64])  # warm-up, same for both
 
         started = time.perf_counter()
-        embedder._model.encode(texts, batch_size=settings.embedding_batch_size, normalize_embeddings=True)
+        embedder._model.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
         raw_s = time.perf_counter() - started
 
-        with Pipeline.from_settings(settings, embedder=embedder) as rag:
+        with build(settings, embedder=embedder, generator=False) as system:
             started = time.perf_counter()
-            report = rag.ingestor.ingest_paths([docs], progress=False)
+            report = system.ingestor.ingest_paths([docs], progress=False)
             ragtune_s = time.perf_counter() - started
         assert report.chunks == len(chunks), (report.chunks, len(chunks))
 

@@ -83,8 +83,8 @@ def build_index(data_dir: Path, n_chunks: int) -> dict:
     import shutil
 
     from ragtune.config import Settings
-    from ragtune.ingest.loaders import LoadedDocument, Section
-    from ragtune.rag import Pipeline
+    from ragtune.system import build
+    from ragtune.types import LoadedDocument, Section
 
     shutil.rmtree(data_dir, ignore_errors=True)
     started = time.perf_counter()
@@ -92,9 +92,9 @@ def build_index(data_dir: Path, n_chunks: int) -> dict:
         LoadedDocument(f"squad-mix/{i:05d}.txt", "text/plain", title, [Section(text)])
         for i, (title, text) in enumerate(passages(n_chunks))
     ]
-    with Pipeline.from_settings(Settings(data_dir=data_dir, torch_threads=os.cpu_count() or 1)) as rag:
-        report = rag.ingestor.ingest_documents(docs)
-        count = rag.store.count()
+    with build(Settings(data_dir=data_dir, torch_threads=os.cpu_count() or 1), generator=False) as system:
+        report = system.ingestor.ingest_documents(docs)
+        count = system.store.count()
     if report.failed or count != n_chunks:
         raise SystemExit(f"indexing went wrong: {len(report.failed)} failed, {count} chunks stored, {n_chunks} wanted")
     info = {"chunks": count, "documents": len(docs), "index_seconds": round(time.perf_counter() - started, 1)}

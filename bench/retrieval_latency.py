@@ -21,9 +21,9 @@ import torch
 
 from ragtune.config import Settings
 from ragtune.embed import LocalEmbedder
-from ragtune.ingest.chunking import Chunk
 from ragtune.retrieve.retriever import Retriever
 from ragtune.store.milvus import MilvusStore
+from ragtune.types import Chunk
 
 SQUAD = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad-dev"
 
@@ -73,14 +73,14 @@ def main() -> None:
             noisy = paragraph_vectors[i % len(corpus)] + 0.05 * rng.standard_normal(model.dimension)
             vectors.append(noisy / np.linalg.norm(noisy))
         store.insert(chunks, np.asarray(vectors, dtype=np.float32))
-        retriever = Retriever(store, CachedEmbedder(queries, query_vectors), settings)
-        client, depth = store._client, settings.candidates
+        retriever = Retriever(store, CachedEmbedder(queries, query_vectors), settings.retrieval)
+        client, depth = store._client, settings.retrieval.candidates
         raw_calls = {
             "dense": lambda q, v: client.search(
                 "bench",
                 data=[v.tolist()],
                 anns_field="dense",
-                limit=settings.top_k,
+                limit=settings.retrieval.top_k,
                 output_fields=["text"],
                 search_params={"metric_type": "COSINE"},
             ),
@@ -88,7 +88,7 @@ def main() -> None:
                 "bench",
                 data=[q],
                 anns_field="sparse",
-                limit=settings.top_k,
+                limit=settings.retrieval.top_k,
                 output_fields=["text"],
                 search_params={"metric_type": "BM25"},
             ),

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real embedder (loaded once) and pipelines over temporary stores."""
+"""Shared fixtures: a real embedder (loaded once) and systems over temporary stores."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from ragtune.config import Settings  # noqa: E402
 from ragtune.embed import LocalEmbedder  # noqa: E402
-from ragtune.rag import Pipeline  # noqa: E402
+from ragtune.system import System, build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -38,9 +38,9 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def pipeline(settings: Settings, embedder: LocalEmbedder) -> Iterator[Pipeline]:
-    with Pipeline.from_settings(settings, embedder=embedder) as rag:
-        yield rag
+def system(settings: Settings, embedder: LocalEmbedder) -> Iterator[System]:
+    with build(settings, embedder=embedder) as built:
+        yield built
 
 
 @pytest.fixture

@@ -111,7 +111,7 @@ def test_hostile_inputs_are_recorded_as_failed(tmp_path):
 
 def test_store_held_by_another_process_is_explained(tmp_path, sample_dir):
     settings = Settings(data_dir=tmp_path / "data")
-    holder = MilvusStore(settings.resolved_milvus_uri(), settings.collection, 384)
+    holder = MilvusStore(settings.resolved_milvus_uri(), settings.store.collection, 384)
     try:
         result = run(["ask", "anything"], settings.data_dir)
     finally:
@@ -164,7 +164,7 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
     assert len(report["unchanged"]) >= interrupted and report["catalog"]["indexed"] == 120
 
     settings = Settings(data_dir=data)
-    store = MilvusStore(settings.resolved_milvus_uri(), settings.collection, 384)
+    store = MilvusStore(settings.resolved_milvus_uri(), settings.store.collection, 384)
     try:
         assert store.count() == report["catalog"]["chunks"]
         with sqlite3.connect(data / "catalog.db") as db:

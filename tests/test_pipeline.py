@@ -4,77 +4,77 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.ingest.pipeline import discover, in_shard
+from ragtune.ingest.indexer import discover, in_shard
 from ragtune.store.catalog import FAILED, INDEXED
 
 
-def test_samples_index_and_answer_with_citations(pipeline, sample_dir):
-    report = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+def test_samples_index_and_answer_with_citations(system, sample_dir):
+    report = system.ingestor.ingest_paths([sample_dir], progress=False)
     assert len(report.indexed) == 5 and not report.failed
-    answer = pipeline.ask("How many characters do neighbouring chunks share by default?")
+    answer = system.rag.ask("How many characters do neighbouring chunks share by default?")
     assert "200" in answer.text and not answer.abstained
     assert answer.citations and answer.citations[0].number == 1
     assert Path(answer.citations[0].source).parent == sample_dir.resolve()
     assert set(answer.timings_ms) == {"retrieve", "generate", "total"}
 
-    pdf_answer = pipeline.ask("When should I alert on retrieval latency?")
+    pdf_answer = system.rag.ask("When should I alert on retrieval latency?")
     assert "500 milliseconds" in pdf_answer.text
     assert pdf_answer.citations[0].page == 2 and pdf_answer.citations[0].source.endswith("operations-guide.pdf")
 
-    docx_answer = pipeline.ask("How many gradient accumulation steps for a global batch of 128 with micro-batch 4?")
+    docx_answer = system.rag.ask("How many gradient accumulation steps for a global batch of 128 with micro-batch 4?")
     assert "32 steps" in docx_answer.text
     assert docx_answer.citations[0].heading == "Global batch size"
 
 
-def test_off_topic_question_abstains(pipeline, sample_dir):
-    pipeline.ingestor.ingest_paths([sample_dir], progress=False)
-    answer = pipeline.ask("What is the boiling point of liquid nitrogen?")
+def test_off_topic_question_abstains(system, sample_dir):
+    system.ingestor.ingest_paths([sample_dir], progress=False)
+    answer = system.rag.ask("What is the boiling point of liquid nitrogen?")
     assert answer.abstained and answer.citations == []
 
 
-def test_reingest_is_idempotent_and_tracks_changes(pipeline, sample_dir):
-    first = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
-    chunks_before = pipeline.store.count()
-    again = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+def test_reingest_is_idempotent_and_tracks_changes(system, sample_dir):
+    first = system.ingestor.ingest_paths([sample_dir], progress=False)
+    chunks_before = system.store.count()
+    again = system.ingestor.ingest_paths([sample_dir], progress=False)
     assert again.indexed == [] and len(again.unchanged) == len(first.indexed)
-    assert pipeline.store.count() == chunks_before
+    assert system.store.count() == chunks_before
 
     notes = sample_dir / "configuration.txt"
     notes.write_text("RAGTUNE_TOP_K now defaults to seven chunks per answer.\n", encoding="utf-8")
-    changed = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+    changed = system.ingestor.ingest_paths([sample_dir], progress=False)
     assert changed.indexed == [str(notes.resolve())]
-    record = pipeline.catalog.find(str(notes.resolve()))
-    assert record.chunks == 1 and len(pipeline.store.chunks(record.id)) == 1
-    assert "seven" in pipeline.ask("What is the default of RAGTUNE_TOP_K now?").text
+    record = system.catalog.find(str(notes.resolve()))
+    assert record.chunks == 1 and len(system.store.chunks(record.id)) == 1
+    assert "seven" in system.rag.ask("What is the default of RAGTUNE_TOP_K now?").text
 
     notes.unlink()
-    removed = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+    removed = system.ingestor.ingest_paths([sample_dir], progress=False)
     assert removed.removed == [str(notes.resolve())]
-    assert pipeline.catalog.get(record.id) is None and pipeline.store.chunks(record.id) == []
+    assert system.catalog.get(record.id) is None and system.store.chunks(record.id) == []
 
     guide = str((sample_dir / "getting-started.md").resolve())
-    doc_id = pipeline.catalog.find(guide).id
-    assert pipeline.ingestor.delete(guide)
-    assert pipeline.store.chunks(doc_id) == [] and pipeline.catalog.find(guide) is None
-    assert not pipeline.ingestor.delete(guide)
+    doc_id = system.catalog.find(guide).id
+    assert system.ingestor.delete(guide)
+    assert system.store.chunks(doc_id) == [] and system.catalog.find(guide) is None
+    assert not system.ingestor.delete(guide)
 
 
-def test_bad_files_fail_alone_and_keep_the_index_intact(pipeline, sample_dir):
-    pipeline.ingestor.ingest_paths([sample_dir], progress=False)
-    before = (pipeline.store.count(), pipeline.catalog.counts()[INDEXED])
+def test_bad_files_fail_alone_and_keep_the_index_intact(system, sample_dir):
+    system.ingestor.ingest_paths([sample_dir], progress=False)
+    before = (system.store.count(), system.catalog.counts()[INDEXED])
     (sample_dir / "garbage.txt").write_bytes(bytes(range(256)) * 4)
     (sample_dir / "latin1.md").write_bytes(b"caf\xe9")
     (sample_dir / "empty.html").write_bytes(b"")
     # A previously good file turns bad: its indexed version must survive.
     guide = sample_dir / "getting-started.md"
     guide.write_bytes(b"\xff\xfe broken")
-    report = pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+    report = system.ingestor.ingest_paths([sample_dir], progress=False)
     assert len(report.failed) == 4 and report.indexed == []
-    assert (pipeline.store.count(), pipeline.catalog.counts()[INDEXED]) == (before[0], before[1] - 1)
-    failed = {Path(r.source).name: r.error for r in pipeline.catalog.list(status=FAILED)[0]}
+    assert (system.store.count(), system.catalog.counts()[INDEXED]) == (before[0], before[1] - 1)
+    failed = {Path(r.source).name: r.error for r in system.catalog.list(status=FAILED)[0]}
     assert "binary file" in failed["garbage.txt"] and "not valid UTF-8" in failed["latin1.md"]
     assert "is empty" in failed["empty.html"] and "still searchable" in failed["getting-started.md"]
-    assert "make demo" in pipeline.ask("How do I install ragtune?").text
+    assert "make demo" in system.rag.ask("How do I install ragtune?").text
 
 
 def test_thousands_of_files_are_discovered_lazily_and_sharded(tmp_path):
@@ -95,14 +95,14 @@ def test_thousands_of_files_are_discovered_lazily_and_sharded(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_folder_of_a_thousand_files_indexes_completely(pipeline, tmp_path):
+def test_a_folder_of_a_thousand_files_indexes_completely(system, tmp_path):
     root = tmp_path / "many"
     for i in range(1000):
         folder = root / f"team{i % 10}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"note{i}.txt").write_text(f"Note {i}: the on-call rota for week {i} lists engineer number {i * 7}.")
-    report = pipeline.ingestor.ingest_paths([root], progress=False)
+    report = system.ingestor.ingest_paths([root], progress=False)
     assert len(report.indexed) == 1000 and report.chunks == 1000 and not report.failed
-    assert pipeline.catalog.counts()[INDEXED] == 1000 and pipeline.store.count() == 1000
-    hits = pipeline.retriever.run("on-call rota for week 437", top_k=1, mode="bm25")
+    assert system.catalog.counts()[INDEXED] == 1000 and system.store.count() == 1000
+    hits = system.retriever.run("on-call rota for week 437", top_k=1, mode="bm25")
     assert hits[0].source.endswith("note437.txt")

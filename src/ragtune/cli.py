@@ -54,10 +54,17 @@ def _settings(**overrides: Any):  # -> Settings; imported lazily to keep --help 
         raise UsageError(f"invalid settings: {problems}") from None
 
 
-def _pipeline(settings):  # -> Pipeline
-    from ragtune.rag import Pipeline
+def _system(settings, generator: bool = False):  # -> System
+    from ragtune.system import build
 
-    return Pipeline.from_settings(settings)
+    return build(settings, generator=generator)
+
+
+def _check_mode(mode: str | None) -> None:
+    from ragtune.config import RETRIEVAL_MODES
+
+    if mode is not None and mode not in RETRIEVAL_MODES:
+        raise UsageError(f"--mode must be one of {', '.join(RETRIEVAL_MODES)}; got {mode!r}")
 
 
 def _print_json(payload: Any) -> None:
@@ -89,18 +96,20 @@ def ingest(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
 ) -> None:
     """Index files: unchanged ones are skipped, changed ones replaced, failures recorded."""
-    from ragtune.ingest.pipeline import parse_shard
+    from ragtune.ingest.indexer import parse_shard
+    from ragtune.types import TagError, check_tags
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     try:
         shard_spec = parse_shard(shard) if shard else None
-    except ValueError as exc:
+        tags = check_tags(tag or ())
+    except (ValueError, TagError) as exc:
         raise UsageError(str(exc)) from None
-    with _pipeline(_settings()) as rag:
-        report = rag.ingestor.ingest_paths(paths, tuple(tag or ()), shard_spec, prune)
-        counts = rag.catalog.counts()
+    with _system(_settings()) as system:
+        report = system.ingestor.ingest_paths(paths, tags, shard_spec, prune)
+        counts = system.catalog.counts()
     if as_json:
         _print_json(asdict(report) | {"catalog": counts})
     else:
@@ -114,8 +123,8 @@ def ingest(
 @app.command()
 def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")]) -> None:
     """Remove documents and their chunks from the index."""
-    with _pipeline(_settings()) as rag:
-        unknown = [s for s in sources if not rag.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s)]
+    with _system(_settings()) as system:
+        unknown = [s for s in sources if not system.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s)]
     for source in unknown:
         typer.echo(f"not in the index: {source}", err=True)
     typer.echo(f"deleted {len(sources) - len(unknown)} document(s)")
@@ -131,13 +140,12 @@ def documents(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List indexed documents with their status and errors."""
-    from ragtune.store.catalog import FAILED, INDEXED, PENDING, Catalog
+    from ragtune.store.catalog import FAILED, INDEXED, PENDING
+    from ragtune.system import open_catalog
 
     if status not in (None, PENDING, INDEXED, FAILED):
         raise UsageError(f"--status must be pending, indexed or failed; got {status!r}")
-    settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog(settings.resolved_catalog_url())
+    catalog = open_catalog(_settings())
     rows, total = catalog.list(offset, limit, status)
     if as_json:
         _print_json({"total": total, "documents": [asdict(r) for r in rows]})
@@ -158,21 +166,18 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Answer, citations and timings as JSON.")] = False,
 ) -> None:
     """Answer a question from the indexed documents, with numbered citations."""
-    from ragtune.rag import QuestionError
-    from ragtune.retrieve.retriever import MODES
-    from ragtune.store.milvus import Filters
+    from ragtune.types import Filters, QuestionError, check_question
 
-    if not question.strip():
-        raise UsageError('the question is empty; ask something, e.g. ragtune ask "How do I install it?"')
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
     settings = _settings()
+    try:
+        check_question(question, settings.answer.max_question_chars)
+    except QuestionError as exc:
+        raise UsageError(str(exc)) from None
+    _check_mode(mode)
     filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
-    with _pipeline(settings) as rag:
-        try:
-            answer = rag.ask(question, top_k, mode, filters)  # type: ignore[arg-type]
-        except QuestionError as exc:
-            raise UsageError(str(exc)) from None
+    with _system(settings, generator=True) as system:
+        assert system.rag is not None  # built with its generator
+        answer = system.rag.ask(question, top_k, mode, filters)  # type: ignore[arg-type]
     if as_json:
         _print_json(
             {
@@ -213,10 +218,8 @@ def eval_retrieval(
 ) -> None:
     """Recall@1/5/10, MRR@10 and nDCG@10 against a plain bm25s baseline."""
     from ragtune.eval.runner import evaluate_retrieval
-    from ragtune.retrieve.retriever import MODES
 
-    if mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    _check_mode(mode)
     report = evaluate_retrieval(_dataset_dir(dataset_dir), _settings(), mode, limit)  # type: ignore[arg-type]
     if as_json:
         _print_json(report)
@@ -236,10 +239,8 @@ def eval_answers(
 ) -> None:
     """SQuAD exact match and F1, citation support and abstention on unanswerable questions."""
     from ragtune.eval.runner import evaluate_answers
-    from ragtune.retrieve.retriever import MODES
 
-    if mode is not None and mode not in MODES:
-        raise UsageError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    _check_mode(mode)
     report = evaluate_answers(_dataset_dir(dataset_dir), _settings(), limit, mode=mode)  # type: ignore[arg-type]
     if as_json:
         _print_json(report)
@@ -268,8 +269,9 @@ def serve(
 
     settings = _settings(host=host, port=port)
     _configure_logging()
-    typer.echo(f"ragtune serves http://{settings.host}:{settings.port}/ (UI), /docs (API); Ctrl+C stops it", err=True)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    service = settings.service
+    typer.echo(f"ragtune serves http://{service.host}:{service.port}/ (UI), /docs (API); Ctrl+C stops it", err=True)
+    uvicorn.run(create_app(settings), host=service.host, port=service.port, log_level="info", access_log=False)
 
 
 @app.command()
@@ -284,20 +286,21 @@ def worker(
     import threading
 
     from ragtune.api.health import StoreProbe
-    from ragtune.api.worker import Worker
+    from ragtune.ingest.worker import Worker
+    from ragtune.store.base import is_server_uri
     from ragtune.store.jobs import JobQueue
 
     settings = _settings()
-    if not settings.is_milvus_server():
+    if not is_server_uri(settings.resolved_milvus_uri()):
         typer.echo(
             "warning: RAGTUNE_MILVUS_URI is a Milvus Lite path, which one process may open: "
             "this worker cannot run beside `ragtune serve` on the same data; use a Milvus server",
             err=True,
         )
     _configure_logging()
-    with _pipeline(settings) as rag:
+    with _system(settings) as system:
         probe = StoreProbe(settings.resolved_milvus_uri())
-        job_worker = Worker(rag, JobQueue(rag.catalog), settings, store_ready=probe.check)
+        job_worker = Worker(system.ingestor, JobQueue(system.catalog), settings.service, store_ready=probe.check)
         if once:
             processed = 0
             while job_worker.run_once():
@@ -353,12 +356,10 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The id shown by `rag
 
 
 def _key_store():  # -> KeyStore
-    from ragtune.store.catalog import Catalog
     from ragtune.store.keys import KeyStore
+    from ragtune.system import open_catalog
 
-    settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return KeyStore(Catalog(settings.resolved_catalog_url()))
+    return KeyStore(open_catalog(_settings()))
 
 
 @app.command("serve-llm")
@@ -384,16 +385,17 @@ def serve_llm(
     from ragtune.models import ModelNotFoundError
 
     settings = _settings(llm_model=model, llm_adapter=adapter, llm_quant=quant)
+    llm = settings.llm
     if settings.torch_threads:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
     _configure_logging()
     try:
-        lm = LocalLM.load(settings.llm_model, settings.llm_adapter, settings.llm_quant)
+        lm = LocalLM.load(llm.model, llm.adapter, llm.quant)
     except (ModelNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
-    app_ = create_llm_app(lm, served_model_name, settings.llm_max_new_tokens)
+    app_ = create_llm_app(lm, served_model_name, llm.max_new_tokens)
     name = served_model_name or lm.name
     typer.echo(f"serving {name!r} ({lm.device}) at http://{host}:{port}/v1; Ctrl+C stops it", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
@@ -403,8 +405,8 @@ def main() -> None:
     """Entry point: domain errors become one clear line and an exit code, not a traceback."""
     from ragtune.embed.embedders import EmbeddingError
     from ragtune.eval.datasets import DatasetError
+    from ragtune.store.base import StoreError
     from ragtune.store.catalog import CatalogError
-    from ragtune.store.milvus import StoreError
 
     try:
         app()

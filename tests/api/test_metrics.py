@@ -67,7 +67,7 @@ def test_values_reflect_the_service(scraped, indexed):
     statuses = {(labels["route"], labels["status"]) for labels, _ in values["ragtune_http_requests_total"]}
     assert ("/v1/documents/{id}", "404") in statuses and ("/v1/documents", "202") in statuses
 
-    counts = indexed.services.pipeline.catalog.counts()
+    counts = indexed.services.system.catalog.counts()
     gauge = {
         labels.get("status") or labels.get("state"): v
         for labels, v in values["ragtune_documents"] + values["ragtune_ingest_jobs"]

@@ -163,8 +163,8 @@ class _CrashingGenerator:
 
 
 def test_a_failure_mid_stream_is_an_error_event(indexed):
-    pipeline = indexed.services.pipeline
-    working, pipeline.generator = pipeline.generator, _CrashingGenerator()
+    system = indexed.services.system
+    working, system.rag.generator = system.rag.generator, _CrashingGenerator()
     try:
         with indexed.http.stream(
             "POST", "/v1/query", json={"question": "Which Milvus URI selects a server?", "stream": True}
@@ -172,7 +172,7 @@ def test_a_failure_mid_stream_is_an_error_event(indexed):
             assert response.status_code == 200
             events = sse_events(response.read().decode())
     finally:
-        pipeline.generator = working
+        system.rag.generator = working
     assert [name for name, _ in events] == ["token", "error"]
     assert events[0][1] == {"text": "The answer starts "}
     assert events[1][1]["error"]["code"] == "stream_failed" and "the model crashed" in events[1][1]["error"]["message"]

@@ -52,7 +52,7 @@ def test_probes_metrics_and_ui_shell_need_no_key(secured):
 
 def test_configured_and_stored_keys_work_until_revoked(secured):
     assert secured.get("/v1/documents", headers=bearer("second-key")).status_code == 200
-    keys = KeyStore(secured.app.state.services.pipeline.catalog)
+    keys = KeyStore(secured.app.state.services.system.catalog)
     created = keys.create("ci")
     # A running server picks up keys made by `ragtune keys create` within seconds.
     wait_until(

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import threading
 
-from ragtune.api.worker import Worker
 from ragtune.ingest.chunking import document_id
+from ragtune.ingest.worker import Worker
+from ragtune.store.base import StoreUnavailableError
 from ragtune.store.jobs import DONE, FILE_FAILED, FILE_INDEXED, FILE_UNCHANGED, QUEUED, JobQueue, NewFile
-from ragtune.store.milvus import StoreUnavailableError
 
 
 def upload(name: str, data: bytes) -> NewFile:
     return NewFile(name, f"uploads/{name}", document_id(f"uploads/{name}"), data)
 
 
-def test_worker_records_each_file_and_resumes_after_a_hand_back(pipeline, settings):
-    queue = JobQueue(pipeline.catalog)
-    worker = Worker(pipeline, queue, settings)
+def test_worker_records_each_file_and_resumes_after_a_hand_back(system, settings):
+    queue = JobQueue(system.catalog)
+    worker = Worker(system.ingestor, queue, settings.service)
     good, bad = upload("good.md", b"# Good\n\nThe staging cluster runs in Frankfurt."), upload("bad.txt", b"caf\xe9")
     job = queue.enqueue([good, bad])
 
@@ -33,17 +33,17 @@ def test_worker_records_each_file_and_resumes_after_a_hand_back(pipeline, settin
     done = queue.get(job.id)
     assert (done.state, done.attempts, done.files_done, done.files_failed) == (DONE, 1, 2, 1)
     assert [f.status for f in done.files] == [FILE_INDEXED, FILE_FAILED]
-    assert "not valid UTF-8" in done.files[1].error and done.chunks == pipeline.catalog.get(good.doc_id).chunks == 1
+    assert "not valid UTF-8" in done.files[1].error and done.chunks == system.catalog.get(good.doc_id).chunks == 1
 
     again = queue.enqueue([good])
     worker.run_once()
-    assert queue.get(again.id).files[0].status == FILE_UNCHANGED and pipeline.store.count() == 1
+    assert queue.get(again.id).files[0].status == FILE_UNCHANGED and system.store.count() == 1
 
 
-def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(pipeline, settings, monkeypatch):
-    queue = JobQueue(pipeline.catalog)
+def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(system, settings, monkeypatch):
+    queue = JobQueue(system.catalog)
     outage = {"problem": "Milvus at http://milvus:19530 does not accept connections"}
-    worker = Worker(pipeline, queue, settings, store_ready=lambda: outage["problem"])
+    worker = Worker(system.ingestor, queue, settings.service, store_ready=lambda: outage["problem"])
     job = queue.enqueue([upload("a.md", b"# A\n\nText.")])
     assert not worker.run_once() and queue.get(job.id).attempts == 0  # not claimed during the outage
 
@@ -52,7 +52,7 @@ def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(pipeline,
     def server_gone(*_):  # the server dies while the job writes its chunks
         raise StoreUnavailableError("Milvus at http://milvus:19530 is unreachable")
 
-    monkeypatch.setattr(pipeline.store, "insert", server_gone)
+    monkeypatch.setattr(system.store, "insert", server_gone)
     assert worker.run_once()
     released = queue.get(job.id)
     assert released.state == QUEUED and released.attempts == 1
@@ -60,4 +60,4 @@ def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(pipeline,
         released.error
         == "attempt 1 failed, will retry: StoreUnavailableError: Milvus at http://milvus:19530 is unreachable"
     )
-    assert pipeline.catalog.get(job.files[0].doc_id).status == "pending"  # redone, without duplicates, on retry
+    assert system.catalog.get(job.files[0].doc_id).status == "pending"  # redone, without duplicates, on retry

@@ -21,7 +21,7 @@ import pytest
 from ragtune.config import Settings
 from ragtune.ingest.chunking import chunk_document
 from ragtune.ingest.loaders import load_bytes
-from ragtune.store.milvus import Filters
+from ragtune.types import Filters
 from tests.api.support import MilvusServer, app_client, free_port, service_settings, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
@@ -165,7 +165,7 @@ def api(postgres, milvus, workers, tmp_path_factory, embedder):
 def store_chunk_ids(api, doc_ids: list[str]) -> list[str]:
     # The API's own store: a second pymilvus client on the same URI would share, and on
     # close tear down, the API's connection.
-    store = api.app.state.services.pipeline.store
+    store = api.app.state.services.system.store
     ids = [h.id for doc_id in doc_ids for h in store.chunks(doc_id)]
     assert store.count(Filters(doc_ids=tuple(doc_ids))) == len(ids)
     return ids
@@ -225,7 +225,9 @@ def test_killed_worker_job_is_finished_by_the_other_without_duplicates(api, work
     expected = {
         d["document_id"]: len(
             chunk_document(
-                load_bytes(texts[d["filename"]].encode(), d["source"]), settings.chunk_size, settings.chunk_overlap
+                load_bytes(texts[d["filename"]].encode(), d["source"]),
+                settings.ingest.chunk_size,
+                settings.ingest.chunk_overlap,
             )
         )
         for d in accepted["documents"]

@@ -20,7 +20,7 @@ from ragtune.finetune.data import (
 )
 from ragtune.generate.base import NOT_FOUND
 from ragtune.generate.prompts import render_prompt
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 from tests.conftest import SQUAD_DEV
 
 
@@ -134,10 +134,10 @@ def test_collate_left_pads_and_counts_positions_from_each_start(tiny_model_dir):
 
 def test_jsonl_rows_retrieve_their_chunks_from_a_ragtune_index(tmp_path, sample_dir, settings, embedder, make_config):
     from ragtune.finetune.trainer import _retriever
-    from ragtune.rag import Pipeline
+    from ragtune.system import build
 
-    with Pipeline.from_settings(settings, embedder=embedder) as pipeline:
-        pipeline.ingestor.ingest_paths([sample_dir])
+    with build(settings, embedder=embedder, generator=False) as system:
+        system.ingestor.ingest_paths([sample_dir])
     question = "What is the default chunk overlap in characters?"
     config = make_config(index=str(settings.data_dir))
     retrieve, close = _retriever(config)

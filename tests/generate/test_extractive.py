@@ -2,7 +2,7 @@ import pytest
 
 from ragtune.generate.base import NOT_FOUND, Generation, renumber_citations, resolve_citations
 from ragtune.generate.extractive import ExtractiveAnswerer, split_sentences
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 
 def _hit(i: int, text: str) -> Hit:

@@ -6,7 +6,7 @@ import torch
 from ragtune.generate.base import NOT_FOUND
 from ragtune.generate.local import LocalGenerator, LocalLM, SamplingParams, linear_weight_bytes
 from ragtune.quant import NF4Linear
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 PROMPT_MESSAGES = [{"role": "user", "content": "who created milvus ?"}]
 

@@ -18,7 +18,7 @@ import pytest
 from ragtune.generate.local import LocalLM, SamplingParams
 from ragtune.generate.openai_compat import LLMServerError, OpenAICompatGenerator
 from ragtune.generate.prompts import render_prompt
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 MODEL = "tiny-llama"
 HITS = [Hit("c1", "d1", "milvus was created by zilliz .", "/m.md", "milvus", 0, "", (), 1.0)]

@@ -5,7 +5,7 @@ from transformers import AutoTokenizer
 
 from ragtune.generate.base import NOT_FOUND, CitationStream, renumber_citations
 from ragtune.generate.prompts import SYSTEM_PROMPT, build_messages, render_prompt, render_target
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 
 def _hit(i: int, text: str, title: str = "") -> Hit:

@@ -1,4 +1,4 @@
-"""Pipeline.stream and build_generator: the path the API's SSE endpoints take."""
+"""RagPipeline.stream and build_generator: the path the API's SSE endpoints take."""
 
 import time
 from pathlib import Path
@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 
 from ragtune.config import Settings
-from ragtune.generate.base import Answer
 from ragtune.generate.local import LocalGenerator, LocalLM
 from ragtune.generate.openai_compat import OpenAICompatGenerator
-from ragtune.rag import QuestionError, build_generator
-from ragtune.store.milvus import Hit
+from ragtune.generate.registry import build_generator
+from ragtune.types import Answer, Hit, QuestionError
 
 
 def _split(items):
@@ -20,26 +19,26 @@ def _split(items):
     return deltas, answers[0]
 
 
-def test_extractive_stream_yields_deltas_then_the_same_answer_as_ask(pipeline, sample_dir):
-    pipeline.ingestor.ingest_paths([sample_dir], progress=False)
+def test_extractive_stream_yields_deltas_then_the_same_answer_as_ask(system, sample_dir):
+    system.ingestor.ingest_paths([sample_dir], progress=False)
     question = "How many characters do neighbouring chunks share by default?"
-    deltas, answer = _split(list(pipeline.stream(question)))
-    asked = pipeline.ask(question)
+    deltas, answer = _split(list(system.rag.stream(question)))
+    asked = system.rag.ask(question)
     assert answer.text == asked.text and answer.citations == asked.citations and "200" in answer.text
     assert len(deltas) >= 2  # streamed in pieces, not as one block
     # The deltas already carry the renumbered markers the final text shows.
     assert " ".join("".join(deltas).split()) == answer.text
     assert set(answer.timings_ms) == {"retrieve", "generate", "total"}
     with pytest.raises(QuestionError, match="empty"):
-        next(pipeline.stream("   "))
+        next(system.rag.stream("   "))
 
 
-def test_local_generator_streams_through_the_pipeline(pipeline, sample_dir, tiny_llama_dir):
-    pipeline.ingestor.ingest_paths([sample_dir], progress=False)
-    pipeline.generator = LocalGenerator(
+def test_local_generator_streams_through_the_pipeline(system, sample_dir, tiny_llama_dir):
+    system.ingestor.ingest_paths([sample_dir], progress=False)
+    system.rag.generator = LocalGenerator(
         LocalLM.load(tiny_llama_dir, device="cpu"), max_new_tokens=8, context_tokens=4096
     )
-    deltas, answer = _split(list(pipeline.stream("How do I install ragtune?")))
+    deltas, answer = _split(list(system.rag.stream("How do I install ragtune?")))
     assert answer.usage["completion_tokens"] <= 8 and answer.usage["prompt_tokens"] > 200
     assert answer.hits and answer.timings_ms["generate"] > 0
     if not answer.abstained:
@@ -59,7 +58,7 @@ def test_build_generator_follows_the_settings(monkeypatch, tiny_llama_dir, embed
     )
     assert isinstance(local, LocalGenerator) and local.params.max_new_tokens == 7
     assert local.lm.quant_report is not None and local.lm.name == Path(tiny_llama_dir).name
-    with pytest.raises(ValueError, match="llm_quant"):
+    with pytest.raises(ValueError, match=r"llm\.quant"):
         Settings(llm_quant="int3")
 
 

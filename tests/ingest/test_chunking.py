@@ -4,7 +4,7 @@ import re
 import pytest
 
 from ragtune.ingest.chunking import chunk_document, document_id, split_spans, split_text
-from ragtune.ingest.loaders import LoadedDocument, Section
+from ragtune.types import LoadedDocument, Section
 
 PROSE = " ".join(f"Sentence number {i} talks about topic{i % 7} and its details." for i in range(200))
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ragtune.retrieve.retriever import reciprocal_rank_fusion
-from ragtune.store.milvus import Filters
+from ragtune.types import Filters
 
 
 def test_rrf_weights_and_k():
@@ -21,9 +21,9 @@ def test_rrf_needs_one_weight_per_list():
 
 
 @pytest.fixture
-def indexed(pipeline, sample_dir):
-    pipeline.ingestor.ingest_paths([sample_dir], tags=("samples",), progress=False)
-    return pipeline
+def indexed(system, sample_dir):
+    system.ingestor.ingest_paths([sample_dir], tags=("samples",), progress=False)
+    return system
 
 
 @pytest.mark.parametrize("mode", ["dense", "bm25", "hybrid"])

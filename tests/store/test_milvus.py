@@ -5,8 +5,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from ragtune.ingest.chunking import Chunk
-from ragtune.store.milvus import Filters, MilvusStore, StoreError, StoreLockedError
+from ragtune.store.base import StoreError, StoreLockedError
+from ragtune.store.milvus import MilvusStore, filter_expression
+from ragtune.types import Chunk, Filters
 
 
 def _chunk(i: int, text: str, doc: str = "doc", source: str = "/a.md", tags: tuple[str, ...] = ()) -> Chunk:
@@ -53,7 +54,7 @@ def test_searching_an_empty_collection_finds_nothing(store):
 
 
 def test_filters_escape_quotes():
-    expr = Filters(sources=('/x/"quoted".md',), tags=("a",)).expression()
+    expr = filter_expression(Filters(sources=('/x/"quoted".md',), tags=("a",)))
     assert expr == 'source in ["/x/\\"quoted\\".md"] and ARRAY_CONTAINS_ANY(tags, ["a"])'
 
 

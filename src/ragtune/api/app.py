@@ -30,16 +30,17 @@ from ragtune.api.batching import BatchingEmbedder
 from ragtune.api.deps import Services
 from ragtune.api.errors import install_error_handlers
 from ragtune.api.health import StoreProbe
-from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder, instrument_store
+from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder
 from ragtune.api.query import QueryService
 from ragtune.api.routes import documents, health, query, ui
 from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
-from ragtune.api.worker import Worker
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
-from ragtune.rag import Pipeline
+from ragtune.ingest.worker import Worker
 from ragtune.store.jobs import JobQueue
 from ragtune.store.keys import KeyStore
+from ragtune.store.timed import TimedStore
+from ragtune.system import build, open_store
 
 log = logging.getLogger("ragtune.api")
 
@@ -48,27 +49,33 @@ _WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take t
 
 
 def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
-    """The pipeline (with timed embedder and store) and everything the routes use."""
+    """The system (its embedder and store timed) and everything the routes use."""
     # Timed outside the batching: a question's embedding time includes its wait to join a batch.
-    model = BatchingEmbedder(embedder or build_embedder(settings))
-    pipeline = Pipeline.from_settings(settings, embedder=TimedEmbedder(model, metrics))
-    instrument_store(pipeline, metrics)
+    timed_embedder = TimedEmbedder(BatchingEmbedder(embedder or build_embedder(settings.embedding)), metrics)
+    store = TimedStore(open_store(settings, timed_embedder.dimension), metrics.observe_store_call)
+    try:
+        system = build(settings, embedder=timed_embedder, store=store)
+    except BaseException:
+        store.close()  # its lock would outlive the failed start
+        raise
+    assert system.rag is not None  # built with its generator
     probe = StoreProbe(settings.resolved_milvus_uri())
-    queue = JobQueue(pipeline.catalog)
-    authenticator = Authenticator(settings.api_keys, KeyStore(pipeline.catalog))
+    queue = JobQueue(system.catalog)
+    service = settings.service
+    authenticator = Authenticator(service.api_keys, KeyStore(system.catalog))
     authenticator.refresh()
     services = Services(
         settings=settings,
-        pipeline=pipeline,
+        system=system,
         metrics=metrics,
         probe=probe,
         queue=queue,
-        queries=QueryService(pipeline, metrics, probe),
+        queries=QueryService(system.rag, settings.retrieval.mode, metrics, probe),
         authenticator=authenticator,
-        limiter=RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst),
+        limiter=RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst),
     )
-    if settings.embedded_worker:
-        services.worker = Worker(pipeline, queue, settings, store_ready=probe.check)
+    if service.embedded_worker:
+        services.worker = Worker(system.ingestor, queue, service, store_ready=probe.check)
     return services
 
 
@@ -107,15 +114,16 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
     # Added innermost first: metrics see every request (also those refused), CORS answers
     # preflights before auth, auth refuses before any body is read.
-    upload_limit = settings.max_upload_bytes * settings.max_files_per_request + _MULTIPART_OVERHEAD
+    service = settings.service
+    upload_limit = service.max_upload_bytes * service.max_files_per_request + _MULTIPART_OVERHEAD
     app.add_middleware(
-        BodyLimitMiddleware, default_limit=settings.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit}
+        BodyLimitMiddleware, default_limit=service.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit}
     )
-    app.add_middleware(AuthMiddleware, exempt_paths=settings.auth_exempt_paths, get_auth=_auth_of)
-    if settings.cors_origins:
+    app.add_middleware(AuthMiddleware, exempt_paths=service.auth_exempt_paths, get_auth=_auth_of)
+    if service.cors_origins:
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.cors_origins,
+            allow_origins=service.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
@@ -138,4 +146,4 @@ def _shutdown(services: Services) -> None:
         services.worker_thread.join(_WORKER_STOP_SECONDS)
         if services.worker_thread.is_alive():
             log.warning("the ingestion worker is still busy; its job will be retried after the next start")
-    services.pipeline.close()
+    services.system.close()

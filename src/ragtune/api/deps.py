@@ -14,16 +14,16 @@ from ragtune.api.health import StoreProbe
 from ragtune.api.metrics import ServiceMetrics
 from ragtune.api.query import QueryService
 from ragtune.api.security import Authenticator, RateLimiter
-from ragtune.api.worker import Worker
 from ragtune.config import Settings
-from ragtune.rag import Pipeline
+from ragtune.ingest.worker import Worker
 from ragtune.store.jobs import JobQueue
+from ragtune.system import System
 
 
 @dataclass
 class Services:
     settings: Settings
-    pipeline: Pipeline
+    system: System
     metrics: ServiceMetrics
     probe: StoreProbe
     queue: JobQueue

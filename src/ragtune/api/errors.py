@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ragtune.embed.embedders import EmbeddingError
-from ragtune.rag import QuestionError
+from ragtune.store.base import StoreError, StoreUnavailableError
 from ragtune.store.catalog import CatalogError
-from ragtune.store.milvus import StoreError, StoreUnavailableError
+from ragtune.types import QuestionError
 
 log = logging.getLogger("ragtune.api")
 

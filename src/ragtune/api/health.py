@@ -21,8 +21,8 @@ import time
 from urllib.parse import urlsplit
 
 from ragtune.api.schemas import CheckResult, ErrorBody, ReadinessResponse
-from ragtune.rag import Pipeline
-from ragtune.store.milvus import StoreUnavailableError, is_server_uri
+from ragtune.store.base import StoreUnavailableError, is_server_uri
+from ragtune.system import System
 
 _CONNECT_TIMEOUT = 1.0
 
@@ -66,25 +66,25 @@ class StoreProbe:
         return None
 
 
-def readiness(pipeline: Pipeline, probe: StoreProbe) -> ReadinessResponse:
+def readiness(system: System, probe: StoreProbe) -> ReadinessResponse:
     checks: dict[str, CheckResult] = {}
     problem = probe.check()
     if problem is None:
         try:
-            pipeline.store.ping()
+            system.store.ping()
         except Exception as exc:  # any failure means "not ready"; the reason is reported
             problem = str(exc)
     checks["store"] = CheckResult(ok=problem is None, detail=problem or "")
     try:
-        pipeline.catalog.ping()
+        system.catalog.ping()
         checks["catalog"] = CheckResult(ok=True)
     except Exception as exc:
         checks["catalog"] = CheckResult(ok=False, detail=f"catalog database unreachable: {exc}")
     try:
-        pipeline.embedder.embed(["readiness probe"])
-        checks["embedder"] = CheckResult(ok=True, detail=pipeline.embedder.name)
+        system.embedder.embed(["readiness probe"])
+        checks["embedder"] = CheckResult(ok=True, detail=system.embedder.name)
     except Exception as exc:
-        checks["embedder"] = CheckResult(ok=False, detail=f"embedding model {pipeline.embedder.name} failed: {exc}")
+        checks["embedder"] = CheckResult(ok=False, detail=f"embedding model {system.embedder.name} failed: {exc}")
     failing = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok]
     if not failing:
         return ReadinessResponse(ready=True, checks=checks)

@@ -17,7 +17,8 @@ The names are a contract: the alerts and Grafana panels under deploy/ query exac
 | ragtune_ready | gauge | |
 
 Embedding and vector-store calls are timed by wrapping the embedder and the store
-(`TimedEmbedder`, `TimedStore`), so ingestion inside the server is measured too. The gauges
+(`TimedEmbedder`, `ragtune.store.timed.TimedStore` reporting to `observe_store_call`) before
+the system is built, so ingestion inside the server is measured too. The gauges
 are read from the catalog when Prometheus scrapes.
 
     >>> from ragtune.api.metrics import ServiceMetrics
@@ -30,8 +31,7 @@ are read from the catalog when Prometheus scrapes.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -39,9 +39,6 @@ from starlette.routing import BaseRoute, Match, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtune.embed import Embedder
-from ragtune.ingest.chunking import Chunk
-from ragtune.rag import Pipeline
-from ragtune.store.milvus import Filters, Hit, MilvusStore
 
 # Seconds. Requests span a health check (<1 ms) to an upload or a generated answer (seconds).
 _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -112,6 +109,9 @@ class ServiceMetrics:
         self.http_requests.labels(route=route, method=method, status=str(status)).inc()
         self.http_duration.labels(route=route, method=method).observe(seconds)
 
+    def observe_store_call(self, operation: str, seconds: float) -> None:
+        self.vectorstore.labels(operation=operation).observe(seconds)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -131,59 +131,6 @@ class TimedEmbedder:
             return self.inner.embed(texts, show_progress)
         finally:
             self._histogram.observe(time.perf_counter() - started)
-
-
-class TimedStore:
-    """The MilvusStore, each call recorded in ragtune_vectorstore_query_duration_seconds{operation}."""
-
-    def __init__(self, inner: MilvusStore, metrics: ServiceMetrics) -> None:
-        self.inner = inner
-        self._histogram = metrics.vectorstore
-
-    def _timed(self, operation: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return method(*args, **kwargs)
-        finally:
-            self._histogram.labels(operation=operation).observe(time.perf_counter() - started)
-
-    def search_dense(self, vectors: np.ndarray, limit: int, filters: Filters | None = None) -> list[list[Hit]]:
-        return self._timed("search_dense", self.inner.search_dense, vectors, limit, filters)
-
-    def search_bm25(self, queries: list[str], limit: int, filters: Filters | None = None) -> list[list[Hit]]:
-        return self._timed("search_bm25", self.inner.search_bm25, queries, limit, filters)
-
-    def insert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
-        return self._timed("insert", self.inner.insert, chunks, vectors)
-
-    def delete_documents(self, doc_ids: Iterable[str]) -> None:
-        self._timed("delete", self.inner.delete_documents, doc_ids)
-
-    def count(self, filters: Filters | None = None) -> int:
-        return self._timed("count", self.inner.count, filters)
-
-    def chunks(self, doc_id: str, limit: int = 16384) -> list[Hit]:
-        return self._timed("query", self.inner.chunks, doc_id, limit)
-
-    def ping(self) -> None:
-        self._timed("ping", self.inner.ping)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # uri, collection, dimension, drop …
-        return getattr(self.inner, name)
-
-
-def instrument_store(pipeline: Pipeline, metrics: ServiceMetrics) -> None:
-    """Routes every store call of the pipeline (retrieval and ingestion) through a TimedStore.
-
-    The Pipeline builds its store itself, so the wrapper is put in place afterwards, in the
-    three components that hold it."""
-    timed = TimedStore(pipeline.store, metrics)
-    pipeline.store = timed  # type: ignore[assignment]
-    pipeline.retriever.store = timed  # type: ignore[assignment]
-    pipeline.ingestor.store = timed  # type: ignore[assignment]
 
 
 def route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:

@@ -44,9 +44,8 @@ from ragtune.api.schemas import (
     Usage,
 )
 from ragtune.config import RetrievalMode
-from ragtune.generate.base import Answer
-from ragtune.rag import Pipeline, QuestionError
-from ragtune.store.milvus import Filters
+from ragtune.pipeline import RagPipeline
+from ragtune.types import Answer, Filters, check_question
 
 log = logging.getLogger("ragtune.api")
 
@@ -93,8 +92,10 @@ class _WordBudget:
 class QueryService:
     """Runs questions through the pipeline and records their metrics."""
 
-    def __init__(self, pipeline: Pipeline, metrics: ServiceMetrics, probe: StoreProbe) -> None:
-        self.pipeline, self.metrics, self.probe = pipeline, metrics, probe
+    def __init__(
+        self, rag: RagPipeline, default_mode: RetrievalMode, metrics: ServiceMetrics, probe: StoreProbe
+    ) -> None:
+        self.rag, self.default_mode, self.metrics, self.probe = rag, default_mode, metrics, probe
 
     # --- POST /v1/query ------------------------------------------------------------------
     def query(self, request: QueryRequest) -> QueryResponse:
@@ -102,7 +103,7 @@ class QueryService:
             return self._retrieve(request)
         mode = self._mode(request)
         self.probe.require()
-        answer = self.pipeline.ask(request.question, request.top_k, mode, self._filters(request))
+        answer = self.rag.ask(request.question, request.top_k, mode, self._filters(request))
         self._observe(answer, mode)
         return QueryResponse.of(answer)
 
@@ -128,8 +129,8 @@ class QueryService:
     # --- POST /v1/chat/completions -------------------------------------------------------
     def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         self.probe.require()
-        answer = self.pipeline.ask(request.question())
-        self._observe(answer, self.pipeline.settings.retrieval_mode)
+        answer = self.rag.ask(request.question())
+        self._observe(answer, self.default_mode)
         citations = [CitationOut.of(c) for c in answer.citations]
         full = answer.text + sources_block(citations)
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
@@ -154,7 +155,7 @@ class QueryService:
         """OpenAI's streaming format: a role delta, content deltas (the answer as it is
         written, then its source list), a final chunk with finish_reason and the citations,
         and ``data: [DONE]``."""
-        mode = self.pipeline.settings.retrieval_mode
+        mode = self.default_mode
         items = self._start(request.question(), None, mode)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
@@ -196,26 +197,19 @@ class QueryService:
 
     # --- helpers -------------------------------------------------------------------------
     def _start(self, question: str, request: QueryRequest | None, mode: RetrievalMode) -> Iterable[str | Answer]:
-        """Pipeline.stream, advanced to its first item so that its early failures raise here."""
+        """RagPipeline.stream, advanced to its first item so that its early failures raise here."""
         self.probe.require()
-        items = self.pipeline.stream(question, request.top_k if request else None, mode, self._filters(request))
+        items = self.rag.stream(question, request.top_k if request else None, mode, self._filters(request))
         first = next(items)
         return itertools.chain([first], items)
 
     def _retrieve(self, request: QueryRequest) -> QueryResponse:
-        question = request.question.strip()
-        # The rules of Pipeline.ask, which retrieval-only requests do not go through.
-        limit = self.pipeline.settings.max_question_chars
-        if not question:
-            raise QuestionError("the question is empty; send a question with some text")
-        if len(question) > limit:
-            raise QuestionError(
-                f"the question is {len(question)} characters, over the limit of {limit} (RAGTUNE_MAX_QUESTION_CHARS)"
-            )
+        # The rules of RagPipeline.ask, which retrieval-only requests do not go through.
+        question = check_question(request.question, self.rag.max_question_chars)
         self.probe.require()
         mode = self._mode(request)
         started = time.perf_counter()
-        hits = self.pipeline.retriever.run(question, request.top_k, mode, self._filters(request))
+        hits = self.rag.retriever.run(question, request.top_k, mode, self._filters(request))
         seconds = time.perf_counter() - started
         self.metrics.retrieval.labels(mode=mode).observe(seconds)
         return QueryResponse(
@@ -228,13 +222,13 @@ class QueryService:
         )
 
     def _observe(self, answer: Answer, mode: RetrievalMode) -> None:
-        generator = self.pipeline.generator.name
+        generator = self.rag.generator.name
         self.metrics.retrieval.labels(mode=mode).observe(answer.timings_ms["retrieve"] / 1000)
         self.metrics.generation.labels(generator=generator).observe(answer.timings_ms["generate"] / 1000)
         self.metrics.generation_tokens.labels(generator=generator).inc(completion_tokens(answer))
 
     def _mode(self, request: QueryRequest | None) -> RetrievalMode:
-        return (request.mode if request else None) or self.pipeline.settings.retrieval_mode
+        return (request.mode if request else None) or self.default_mode
 
     @staticmethod
     def _filters(request: QueryRequest | None) -> Filters | None:

@@ -13,10 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ragtune.generate.base import Answer, Citation
 from ragtune.store.catalog import DocumentRecord
 from ragtune.store.jobs import Job, JobFile
-from ragtune.store.milvus import Filters, Hit
+from ragtune.types import Answer, Citation, Filters, Hit
 
 
 def _utc(value: datetime) -> datetime:

@@ -45,11 +45,11 @@ def check_upload(data: bytes, filename: str, settings: Settings) -> CheckedUploa
     """Raises ApiError (413, 415 or 422, naming the file and the fix) for a file that
     cannot be indexed; returns it ready to queue otherwise."""
     name = safe_filename(filename)
-    if len(data) > settings.max_upload_bytes:
+    if len(data) > settings.service.max_upload_bytes:
         raise ApiError(
             413,
             "file_too_large",
-            f"{name} is {len(data)} bytes, over the upload limit of {settings.max_upload_bytes} bytes "
+            f"{name} is {len(data)} bytes, over the upload limit of {settings.service.max_upload_bytes} bytes "
             "(RAGTUNE_MAX_UPLOAD_BYTES); split it or raise the limit",
         )
     if not data.strip():
@@ -59,7 +59,7 @@ def check_upload(data: bytes, filename: str, settings: Settings) -> CheckedUploa
     except LoaderError as exc:
         raise ApiError(415, "unsupported_type", f"{exc}. Supported: txt, md, html, pdf and docx") from None
     if content_type == DOCX:
-        _check_docx(data, name, settings.max_uncompressed_bytes)
+        _check_docx(data, name, settings.ingest.max_uncompressed_bytes)
     elif content_type == PDF:
         _check_pdf(data, name)
     else:

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ragtune.config import DEFAULT_EMBEDDING_MODEL, Settings
+from ragtune.config import DEFAULT_EMBEDDING_MODEL, EmbeddingSettings
 
 _BUNDLED_NAMES = {DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"}
 
@@ -110,12 +110,12 @@ class HttpEmbedder:
         return vectors / np.maximum(norms, 1e-12)
 
 
-def build_embedder(settings: Settings) -> Embedder:
-    if settings.embedding_base_url:
+def build_embedder(settings: EmbeddingSettings) -> Embedder:
+    if settings.base_url:
         return HttpEmbedder(
-            settings.embedding_base_url,
-            settings.embedding_model,
-            settings.embedding_api_key,
-            settings.embedding_batch_size,
+            settings.base_url,
+            settings.model,
+            settings.api_key,
+            settings.batch_size,
         )
-    return LocalEmbedder(settings.embedding_model, settings.embedding_device, settings.embedding_batch_size)
+    return LocalEmbedder(settings.model, settings.device, settings.batch_size)

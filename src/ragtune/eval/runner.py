@@ -25,8 +25,9 @@ from ragtune.config import RetrievalMode, Settings
 from ragtune.embed import Embedder
 from ragtune.eval.datasets import BeirDataset, DatasetError, load_beir
 from ragtune.eval.metrics import normalize_answer, retrieval_metrics, squad_exact_match, squad_f1
-from ragtune.ingest.loaders import TEXT, LoadedDocument, Section
-from ragtune.rag import Pipeline
+from ragtune.ingest.loaders import TEXT
+from ragtune.system import System, build
+from ragtune.types import LoadedDocument, Section
 
 _SOURCE_PREFIX = "corpus:"
 _QUERY_BATCH = 64
@@ -37,26 +38,28 @@ def _log(message: str) -> None:
 
 
 @contextmanager
-def indexed_dataset(dataset: BeirDataset, settings: Settings, embedder: Embedder | None = None) -> Iterator[Pipeline]:
-    """A pipeline over a temporary store holding the dataset's corpus."""
+def indexed_dataset(
+    dataset: BeirDataset, settings: Settings, embedder: Embedder | None = None, generator: bool = True
+) -> Iterator[System]:
+    """The system over a temporary store holding the dataset's corpus (an answer generator
+    only when `generator`)."""
     with tempfile.TemporaryDirectory(prefix="ragtune-eval-") as tmp:
-        scratch = settings.model_copy(
-            update={"data_dir": Path(tmp), "milvus_uri": "", "catalog_url": "", "collection": "eval"}
-        )
-        pipeline = Pipeline.from_settings(scratch, embedder=embedder)
+        store = settings.store.model_copy(update={"milvus_uri": "", "catalog_url": "", "collection": "eval"})
+        scratch = settings.model_copy(update={"data_dir": Path(tmp), "store": store})
+        system = build(scratch, embedder=embedder, generator=generator)
         try:
             started = time.perf_counter()
             docs = (
                 LoadedDocument(f"{_SOURCE_PREFIX}{doc.id}", TEXT, doc.title, [Section(doc.text)])
                 for doc in dataset.corpus.values()
             )
-            report = pipeline.ingestor.ingest_documents(docs)
+            report = system.ingestor.ingest_documents(docs)
             _log(
                 f"indexed {len(dataset.corpus)} records as {report.chunks} chunks in {time.perf_counter() - started:.1f}s"
             )
-            yield pipeline
+            yield system
         finally:
-            pipeline.close()
+            system.close()
 
 
 def _doc_ranking(hits: list[Any], depth: int = 100) -> list[str]:
@@ -86,13 +89,13 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     dataset = load_beir(dataset_dir)
     query_ids = _sample([q for q in dataset.queries if q in dataset.qrels], limit, seed)
-    with indexed_dataset(dataset, settings) as pipeline:
+    with indexed_dataset(dataset, settings, generator=False) as system:
         started = time.perf_counter()
         rankings: dict[str, list[str]] = {}
         for start in range(0, len(query_ids), _QUERY_BATCH):
             batch = query_ids[start : start + _QUERY_BATCH]
             # Three chunks per document rank plenty of distinct documents for @10 metrics.
-            hits = pipeline.retriever.run_many([dataset.queries[q] for q in batch], top_k=30, mode=mode)
+            hits = system.retriever.run_many([dataset.queries[q] for q in batch], top_k=30, mode=mode)
             rankings.update({q: _doc_ranking(h) for q, h in zip(batch, hits)})
         elapsed = time.perf_counter() - started
     qrels = {q: dataset.qrels[q] for q in query_ids}
@@ -103,11 +106,11 @@ def evaluate_retrieval(
         "baseline_bm25s": retrieval_metrics(bm25s_baseline(dataset, query_ids), qrels),
         "ms_per_query": round(elapsed * 1000 / max(len(query_ids), 1), 2),
         "settings": {
-            "rrf_k": settings.rrf_k,
-            "dense_weight": settings.dense_weight,
-            "bm25_weight": settings.bm25_weight,
-            "chunk_size": settings.chunk_size,
-            "chunk_overlap": settings.chunk_overlap,
+            "rrf_k": settings.retrieval.rrf_k,
+            "dense_weight": settings.retrieval.dense_weight,
+            "bm25_weight": settings.retrieval.bm25_weight,
+            "chunk_size": settings.ingest.chunk_size,
+            "chunk_overlap": settings.ingest.chunk_overlap,
         },
     }
 
@@ -128,9 +131,11 @@ def evaluate_answers(
         )
     exact = f1 = supported = answered = false_abstentions = declined = 0.0
     started = time.perf_counter()
-    with indexed_dataset(dataset, settings) as pipeline:
+    with indexed_dataset(dataset, settings) as system:
+        rag = system.rag
+        assert rag is not None  # built with its generator
         for n, qid in enumerate(answerable, start=1):
-            answer = pipeline.ask(dataset.queries[qid], mode=mode)
+            answer = rag.ask(dataset.queries[qid], mode=mode)
             golds = dataset.answers[qid]
             if answer.abstained:
                 false_abstentions += 1
@@ -143,11 +148,11 @@ def evaluate_answers(
             if n % 100 == 0:
                 _log(f"answered {n}/{len(answerable)}")
         for qid in unanswerable:
-            declined += pipeline.ask(dataset.unanswerable[qid], mode=mode).abstained
+            declined += rag.ask(dataset.unanswerable[qid], mode=mode).abstained
     total = len(answerable)
     return {
         "dataset": str(dataset_dir),
-        "generator": settings.generator,
+        "generator": settings.answer.generator,
         "exact_match": round(exact / total, 4),
         "f1": round(f1 / total, 4),
         "citation_support": round(supported / answered, 4) if answered else 0.0,

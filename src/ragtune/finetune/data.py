@@ -33,7 +33,7 @@ import torch
 
 from ragtune.eval.metrics import normalize_answer
 from ragtune.generate.prompts import render_prompt, render_target
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 __all__ = [
     "DataError",

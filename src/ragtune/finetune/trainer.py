@@ -188,19 +188,19 @@ def _retriever(config: FinetuneConfig) -> tuple[Callable[[list[str], int], list[
         from ragtune.eval.runner import indexed_dataset
 
         stack = ExitStack()
-        pipeline = stack.enter_context(indexed_dataset(load_beir(data), Settings()))
+        system = stack.enter_context(indexed_dataset(load_beir(data), Settings(), generator=False))
     elif config.index:
-        from ragtune.rag import Pipeline
+        from ragtune.system import build
 
         stack = None
-        pipeline = Pipeline.from_settings(Settings(data_dir=Path(config.index).expanduser()))
+        system = build(Settings(data_dir=Path(config.index).expanduser()), generator=False)
     else:
         return None, lambda: None
 
     def retrieve(questions: list[str], top_k: int) -> list[list[Any]]:
-        return pipeline.retriever.run_many(questions, top_k=top_k)
+        return system.retriever.run_many(questions, top_k=top_k)
 
-    return retrieve, (stack.close if stack is not None else pipeline.close)
+    return retrieve, (stack.close if stack is not None else system.close)
 
 
 def prepare_examples(

@@ -17,10 +17,16 @@ from collections.abc import Generator as PyGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
-from ragtune.store.milvus import Hit
+from ragtune.types import CITATION_MARKER, Citation, Hit
 
 NOT_FOUND = "I could not find the answer in the indexed documents."
-_MARKER = re.compile(r"\[(\d{1,3})\]")
+
+
+def is_refusal(text: str) -> bool:
+    """Whether an LLM's answer says the documents do not hold the answer (or says nothing).
+
+    Small models paraphrase NOT_FOUND or wrap it in quotes; the sentence's core is the signal."""
+    return "could not find the answer" in text.lower() or not text.strip()
 
 
 @dataclass(frozen=True)
@@ -104,39 +110,11 @@ class CitationStream:
         tail = self._OPEN_TAIL.search(text)
         cut = tail.start() if tail else len(text)
         self._pending = text[cut:]
-        return _MARKER.sub(self._replace, text[:cut])
+        return CITATION_MARKER.sub(self._replace, text[:cut])
 
     def flush(self) -> str:
         rest, self._pending = self._pending, ""
-        return _MARKER.sub(self._replace, rest)
-
-
-@dataclass(frozen=True)
-class Citation:
-    number: int
-    chunk_id: str
-    doc_id: str
-    source: str
-    title: str
-    page: int
-    heading: str
-    snippet: str
-    score: float
-
-
-@dataclass
-class Answer:
-    question: str
-    text: str
-    citations: list[Citation]
-    abstained: bool
-    hits: list[Hit]
-    timings_ms: dict[str, float]
-    usage: dict[str, int] = field(default_factory=dict)
-
-    def plain_text(self) -> str:
-        """The answer without citation markers (what answer metrics compare)."""
-        return " ".join(_MARKER.sub("", self.text).split())
+        return CITATION_MARKER.sub(self._replace, rest)
 
 
 def renumber_citations(text: str, n_chunks: int) -> tuple[str, list[int]]:

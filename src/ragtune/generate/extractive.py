@@ -29,7 +29,7 @@ import Stemmer
 
 from ragtune.embed import Embedder
 from ragtune.generate.base import NOT_FOUND, Generation
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 _ABBREVIATIONS = {

@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 import torch
 
-from ragtune.generate.base import NOT_FOUND, Generation, run_to_end
+from ragtune.config import LLMSettings
+from ragtune.generate.base import NOT_FOUND, Generation, is_refusal, run_to_end
 from ragtune.generate.prompts import render_prompt
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 DEFAULT_CACHE_DIR = Path("~/.cache/ragtune/models").expanduser()
 
@@ -247,11 +248,6 @@ def _apply_adapter(model: Any, adapter: Path, merge: bool) -> Any:
     return peft_model.merge_and_unload() if merge else peft_model
 
 
-def _abstained(text: str) -> bool:
-    # Small models paraphrase the refusal or wrap it in quotes; the sentence's core is the signal.
-    return "could not find the answer" in text.lower() or not text.strip()
-
-
 class LocalGenerator:
     """The pipeline's generator over a `LocalLM`: grounded prompt in, cited answer out.
 
@@ -269,14 +265,14 @@ class LocalGenerator:
         self.context_tokens = context_tokens
 
     @classmethod
-    def from_settings(cls, settings: Any) -> LocalGenerator:
-        lm = LocalLM.load(settings.llm_model, settings.llm_adapter, settings.llm_quant)
-        return cls(lm, settings.llm_max_new_tokens, settings.llm_temperature, settings.llm_context_tokens)
+    def from_settings(cls, settings: LLMSettings) -> LocalGenerator:
+        lm = LocalLM.load(settings.model, settings.adapter, settings.quant)
+        return cls(lm, settings.max_new_tokens, settings.temperature, settings.context_tokens)
 
     def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
         prompt = render_prompt(question, hits, self.lm.tokenizer, self.context_tokens, self.params.max_new_tokens)
         completion = yield from self.lm.stream(prompt.text, self.params)
-        if _abstained(completion.text):
+        if is_refusal(completion.text):
             return Generation(NOT_FOUND, abstained=True, usage=completion.usage)
         return Generation(completion.text.strip(), usage=completion.usage)
 

@@ -23,9 +23,10 @@ from typing import Any
 
 import httpx
 
-from ragtune.generate.base import NOT_FOUND, Generation, run_to_end
+from ragtune.config import LLMSettings
+from ragtune.generate.base import NOT_FOUND, Generation, is_refusal, run_to_end
 from ragtune.generate.prompts import render_prompt
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _MAX_RETRY_AFTER = 30.0
@@ -33,10 +34,6 @@ _MAX_RETRY_AFTER = 30.0
 
 class LLMServerError(RuntimeError):
     """The LLM server could not produce an answer; the message says why and what to do."""
-
-
-def _abstained(text: str) -> bool:
-    return "could not find the answer" in text.lower() or not text.strip()
 
 
 class OpenAICompatGenerator:
@@ -74,16 +71,16 @@ class OpenAICompatGenerator:
         self._client = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> OpenAICompatGenerator:
+    def from_settings(cls, settings: LLMSettings) -> OpenAICompatGenerator:
         return cls(
-            settings.llm_base_url,
-            settings.llm_model,
-            settings.llm_api_key,
-            settings.llm_timeout_seconds,
-            settings.llm_max_retries,
-            settings.llm_max_new_tokens,
-            settings.llm_temperature,
-            settings.llm_context_tokens,
+            settings.base_url,
+            settings.model,
+            settings.api_key,
+            settings.timeout_seconds,
+            settings.max_retries,
+            settings.max_new_tokens,
+            settings.temperature,
+            settings.context_tokens,
         )
 
     def close(self) -> None:
@@ -211,7 +208,7 @@ class OpenAICompatGenerator:
     def _answer(self, question: str, hits: list[Hit], stream: bool) -> PyGenerator[str, None, Generation]:
         prompt = render_prompt(question, hits, None, self.context_tokens, self.max_new_tokens)
         text, usage = yield from self.chat(prompt.messages, stream)
-        if _abstained(text):
+        if is_refusal(text):
             return Generation(NOT_FOUND, abstained=True, usage=usage)
         return Generation(text.strip(), usage=usage)
 

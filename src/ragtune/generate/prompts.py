@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ragtune.generate.base import NOT_FOUND
-from ragtune.store.milvus import Hit
+from ragtune.types import Hit
 
 SYSTEM_PROMPT = (
     "You answer questions using only the numbered documents in the user's message.\n"

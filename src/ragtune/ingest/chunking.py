@@ -16,25 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
 
-from ragtune.ingest.loaders import LoadedDocument
+from ragtune.types import Chunk, LoadedDocument
 
 # Each pattern matches the whitespace after which a piece may end.
 _SEPARATORS = [re.compile(r"\n\s*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:])\s+"), re.compile(r"\s+")]
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    doc_id: str
-    seq: int
-    text: str
-    source: str
-    title: str
-    page: int  # 0 where the format has no pages
-    heading: str
-    tags: tuple[str, ...] = ()
 
 
 def _pieces(text: str, start: int, end: int, size: int, level: int) -> list[tuple[int, int]]:

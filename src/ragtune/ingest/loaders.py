@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import markdown
 from bs4 import BeautifulSoup, NavigableString
+
+from ragtune.types import LoadedDocument, Section
 
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -35,25 +36,6 @@ _SNIFF_BYTES = 8192
 
 class LoaderError(ValueError):
     """The file cannot be turned into text; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class Section:
-    text: str
-    page: int | None = None
-    heading: str = ""
-
-
-@dataclass(frozen=True)
-class LoadedDocument:
-    source: str
-    content_type: str
-    title: str
-    sections: list[Section]
-
-    @property
-    def text(self) -> str:
-        return "\n\n".join(s.text for s in self.sections)
 
 
 def detect_content_type(data: bytes, filename: str) -> str:
@@ -99,20 +81,6 @@ def decode_text(data: bytes, name: str) -> str:
             f"{name} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "convert it first, e.g. `iconv -f latin1 -t utf-8`"
         ) from exc
-
-
-def load_file(path: Path, max_bytes: int, max_uncompressed_bytes: int) -> LoadedDocument:
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise LoaderError(f"cannot read {path}: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise LoaderError(f"{path.name} is {size} bytes, over the limit of {max_bytes} (RAGTUNE_MAX_FILE_BYTES)")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise LoaderError(f"cannot read {path}: {exc.strerror}") from exc
-    return load_bytes(data, str(path), max_uncompressed_bytes)
 
 
 def load_bytes(data: bytes, source: str, max_uncompressed_bytes: int = 200 * 1024 * 1024) -> LoadedDocument:

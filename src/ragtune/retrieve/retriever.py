@@ -14,14 +14,22 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import replace
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
-from ragtune.config import RetrievalMode, Settings
+from ragtune.config import RetrievalMode, RetrievalSettings
 from ragtune.embed import Embedder
-from ragtune.store.milvus import Filters, Hit, MilvusStore
+from ragtune.store.base import VectorStore
+from ragtune.types import Filters, Hit, check_question
 
-MODES: tuple[RetrievalMode, ...] = ("dense", "bm25", "hybrid")
 K = TypeVar("K", bound=Hashable)
+
+Ranking = Literal["dense", "bm25"]
+# The ranked lists each retrieval mode searches; more than one are fused.
+MODE_RANKINGS: dict[RetrievalMode, tuple[Ranking, ...]] = {
+    "dense": ("dense",),
+    "bm25": ("bm25",),
+    "hybrid": ("dense", "bm25"),
+}
 
 
 class Reranker(Protocol):
@@ -62,7 +70,7 @@ class Retriever:
     """
 
     def __init__(
-        self, store: MilvusStore, embedder: Embedder, settings: Settings, reranker: Reranker | None = None
+        self, store: VectorStore, embedder: Embedder, settings: RetrievalSettings, reranker: Reranker | None = None
     ) -> None:
         self.store, self.embedder, self.settings, self.reranker = store, embedder, settings, reranker
 
@@ -78,37 +86,41 @@ class Retriever:
         mode: RetrievalMode | None = None,
         filters: Filters | None = None,
     ) -> list[list[Hit]]:
-        """Batched retrieval: one embedding call and one store call per mode for all queries."""
+        """Batched retrieval: one embedding call and one store call per ranked list for all queries."""
         top_k = self.settings.top_k if top_k is None else top_k
-        mode = mode or self.settings.retrieval_mode
+        mode = mode or self.settings.mode
         if top_k <= 0:
             raise ValueError(f"top_k must be greater than 0; got {top_k}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if any(not q.strip() for q in queries):
-            raise ValueError("the question is empty")
-        depth = max(top_k, self.settings.candidates) if (mode == "hybrid" or self.reranker) else top_k
-        dense = self.search_dense(queries, depth, filters) if mode in ("dense", "hybrid") else None
-        sparse = self.store.search_bm25(queries, depth, filters) if mode in ("bm25", "hybrid") else None
+        if mode not in MODE_RANKINGS:
+            raise ValueError(f"mode must be one of {', '.join(MODE_RANKINGS)}; got {mode!r}")
+        queries = [check_question(q) for q in queries]
+        rankings = MODE_RANKINGS[mode]
+        depth = max(top_k, self.settings.candidates) if (len(rankings) > 1 or self.reranker) else top_k
+        searched = {ranking: self._search(ranking, queries, depth, filters) for ranking in rankings}
         results = []
         for i, query in enumerate(queries):
-            hits = self.fuse(dense[i], sparse[i]) if mode == "hybrid" else (dense or sparse)[i]  # type: ignore[index]
+            per_ranking = {ranking: hits[i] for ranking, hits in searched.items()}
+            hits = self.fuse(per_ranking) if len(per_ranking) > 1 else per_ranking[rankings[0]]
             if self.reranker is not None:
                 hits = self.reranker.rerank(query, hits)
             results.append(hits[:top_k])
         return results
 
-    def search_dense(self, queries: list[str], limit: int, filters: Filters | None = None) -> list[list[Hit]]:
-        return self.store.search_dense(self.embedder.embed(queries), limit, filters)
+    def _search(self, ranking: Ranking, queries: list[str], limit: int, filters: Filters | None) -> list[list[Hit]]:
+        if ranking == "dense":
+            return self.store.search_dense(self.embedder.embed(queries), limit, filters)
+        return self.store.search_bm25(queries, limit, filters)
 
-    def fuse(self, dense: list[Hit], sparse: list[Hit]) -> list[Hit]:
+    def fuse(self, rankings: dict[Ranking, list[Hit]]) -> list[Hit]:
+        """One list from several rankings of the same query, by weighted reciprocal rank fusion."""
         by_id: dict[str, Hit] = {}
-        for hit in dense + sparse:
+        for hit in (h for hits in rankings.values() for h in hits):
             known = by_id.get(hit.id)
             by_id[hit.id] = hit if known is None else replace(known, scores={**known.scores, **hit.scores})
+        weights = {"dense": self.settings.dense_weight, "bm25": self.settings.bm25_weight}
         fused = reciprocal_rank_fusion(
-            [[h.id for h in dense], [h.id for h in sparse]],
-            [self.settings.dense_weight, self.settings.bm25_weight],
+            [[h.id for h in hits] for hits in rankings.values()],
+            [weights[ranking] for ranking in rankings],
             self.settings.rrf_k,
         )
         return [replace(by_id[i], score=s, scores={**by_id[i].scores, "rrf": s}) for i, s in fused]

@@ -21,20 +21,19 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ragtune.ingest.chunking import Chunk
+from ragtune.store.base import StoreError, StoreLockedError, StoreUnavailableError, is_server_uri
+from ragtune.types import MAX_TAG_CHARS, MAX_TAGS, Chunk, Filters, Hit
 
 _INSERT_BATCH = 500  # measured: 10k rows with BM25 insert in ~2.5 s at 500/batch, 125 s as one batch
 # Milvus Lite's per-query cost grows with the batch (measured: 4.5 ms/query at 10, 14 ms at
 # 50, minutes for 2,000), so large batches are cut into groups of this size.
 _SEARCH_BATCH = 16
 _MAX_TEXT = 65535
-_MAX_TAGS = 32
 _OUTPUT_FIELDS = ["id", "doc_id", "text", "source", "title", "page", "heading", "tags"]
 # English analysis for BM25: stop words out, stems folded, so "running" finds "runs".
 BM25_ANALYZER = {
@@ -43,53 +42,18 @@ BM25_ANALYZER = {
 }
 
 
-class StoreError(RuntimeError):
-    """The vector store cannot serve the request; the message says what to do."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the Milvus Lite data path."""
-
-
-class StoreUnavailableError(StoreError):
-    """The Milvus server cannot be reached."""
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Metadata filters; a chunk must match every filter given (any of the listed values)."""
-
-    sources: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    doc_ids: tuple[str, ...] = ()
-
-    def expression(self) -> str:
-        clauses = []
-        if self.sources:
-            clauses.append(f"source in {json.dumps(list(self.sources))}")
-        if self.doc_ids:
-            clauses.append(f"doc_id in {json.dumps(list(self.doc_ids))}")
-        if self.tags:
-            clauses.append(f"ARRAY_CONTAINS_ANY(tags, {json.dumps(list(self.tags))})")
-        return " and ".join(clauses)
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    doc_id: str
-    text: str
-    source: str
-    title: str
-    page: int
-    heading: str
-    tags: tuple[str, ...]
-    score: float
-    scores: dict[str, float] = field(default_factory=dict)  # per retrieval mode, before fusion
-
-
-def is_server_uri(uri: str) -> bool:
-    return uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+def filter_expression(filters: Filters | None) -> str:
+    """Milvus' boolean expression for `filters`; values are JSON-quoted, never spliced in raw."""
+    if filters is None:
+        return ""
+    clauses = []
+    if filters.sources:
+        clauses.append(f"source in {json.dumps(list(filters.sources))}")
+    if filters.doc_ids:
+        clauses.append(f"doc_id in {json.dumps(list(filters.doc_ids))}")
+    if filters.tags:
+        clauses.append(f"ARRAY_CONTAINS_ANY(tags, {json.dumps(list(filters.tags))})")
+    return " and ".join(clauses)
 
 
 class _LiteLock:
@@ -177,7 +141,9 @@ class MilvusStore:
         schema.add_field("title", DataType.VARCHAR, max_length=1024)
         schema.add_field("page", DataType.INT64)
         schema.add_field("heading", DataType.VARCHAR, max_length=1024)
-        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=_MAX_TAGS, max_length=128)
+        schema.add_field(
+            "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=MAX_TAG_CHARS
+        )
         schema.add_function(
             Function(
                 name="text_bm25",
@@ -206,7 +172,7 @@ class MilvusStore:
                 "title": _fit(c.title, 1024),
                 "page": int(c.page),
                 "heading": _fit(c.heading, 1024),
-                "tags": [_fit(t, 128) for t in c.tags[:_MAX_TAGS]],
+                "tags": [_fit(t, MAX_TAG_CHARS) for t in c.tags[:MAX_TAGS]],
             }
             for c, v in zip(chunks, vectors)
         ]
@@ -218,7 +184,7 @@ class MilvusStore:
         ids = list(doc_ids)
         if ids:
             self._seen_rows = False
-            self._call(self._client.delete, self.collection, filter=Filters(doc_ids=tuple(ids)).expression())
+            self._call(self._client.delete, self.collection, filter=filter_expression(Filters(doc_ids=tuple(ids))))
 
     # --- reads ---------------------------------------------------------------------------
     def search_dense(self, vectors: np.ndarray, limit: int, filters: Filters | None = None) -> list[list[Hit]]:
@@ -252,7 +218,7 @@ class MilvusStore:
                 data=data[start : start + _SEARCH_BATCH],
                 anns_field=field,
                 limit=limit,
-                filter=filters.expression() if filters else "",
+                filter=filter_expression(filters),
                 output_fields=_OUTPUT_FIELDS,
                 search_params={"metric_type": metric},
             )
@@ -263,7 +229,7 @@ class MilvusStore:
         rows = self._call(
             self._client.query,
             self.collection,
-            filter=filters.expression() if filters else "",
+            filter=filter_expression(filters),
             output_fields=["count(*)"],
         )
         return int(rows[0]["count(*)"])
@@ -276,7 +242,7 @@ class MilvusStore:
         rows = self._call(
             self._client.query,
             self.collection,
-            filter=Filters(doc_ids=(doc_id,)).expression(),
+            filter=filter_expression(Filters(doc_ids=(doc_id,))),
             output_fields=_OUTPUT_FIELDS,
             limit=limit,
         )

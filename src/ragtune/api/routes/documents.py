@@ -18,11 +18,11 @@ from ragtune.api.schemas import (
     UploadedDocument,
 )
 from ragtune.api.uploads import check_upload
+from ragtune.types import TagError, check_tags
 
 router = APIRouter(prefix="/v1", tags=["documents"])
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 503)}
-_MAX_TAGS, _MAX_TAG_CHARS = 32, 128
 
 
 @router.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=UploadAccepted, responses=_ERRORS)
@@ -32,7 +32,7 @@ def upload_documents(
     tags: Annotated[list[str], Form(description="Tags for every uploaded document (repeatable).")] = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> UploadAccepted:
     """Checks every file, then queues one job indexing them all; poll `status_url` for progress."""
-    settings = services.settings
+    settings = services.settings.service
     if len(files) > settings.max_files_per_request:
         raise ApiError(
             413,
@@ -40,14 +40,16 @@ def upload_documents(
             f"{len(files)} files in one request, over the limit of {settings.max_files_per_request} "
             "(RAGTUNE_MAX_FILES_PER_REQUEST); send them in several requests",
         )
-    if len(tags) > _MAX_TAGS or any(len(t) > _MAX_TAG_CHARS or not t.strip() for t in tags):
-        raise ApiError(
-            422, "invalid_tags", f"give at most {_MAX_TAGS} tags of 1 to {_MAX_TAG_CHARS} characters; got {tags[:5]!r}…"
-        )
+    try:
+        checked_tags = check_tags(tags)
+    except TagError as exc:
+        raise ApiError(422, "invalid_tags", str(exc)) from None
     checked = []
     for upload in files:
         # Reads at most one byte past the limit: check_upload reports the oversize file.
-        checked.append(check_upload(upload.file.read(settings.max_upload_bytes + 1), upload.filename or "", settings))
+        checked.append(
+            check_upload(upload.file.read(settings.max_upload_bytes + 1), upload.filename or "", services.settings)
+        )
     names = [c.file.source for c in checked]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -56,7 +58,7 @@ def upload_documents(
             "duplicate_filename",
             f"several files would become the same document: {', '.join(duplicates)}; rename them",
         )
-    job = services.queue.enqueue([c.file for c in checked], tuple(t.strip() for t in tags))
+    job = services.queue.enqueue([c.file for c in checked], checked_tags)
     if services.worker is not None:
         services.worker.wake()
     return UploadAccepted(
@@ -83,13 +85,13 @@ def list_documents(
     status: Literal["pending", "indexed", "failed"] | None = None,
 ) -> DocumentList:
     """Documents ordered by source, with their status and, for failures, the reason."""
-    records, total = services.pipeline.catalog.list(offset, limit, status)
+    records, total = services.system.catalog.list(offset, limit, status)
     return DocumentList(total=total, offset=offset, limit=limit, documents=[DocumentOut.of(r) for r in records])
 
 
 @router.get("/documents/{id}", response_model=DocumentOut, responses=_ERRORS)
 def get_document(services: ServicesDep, id: str) -> DocumentOut:
-    record = services.pipeline.catalog.get(id)
+    record = services.system.catalog.get(id)
     if record is None:
         raise ApiError(404, "document_not_found", f"no document with id {id!r}; GET /v1/documents lists them")
     return DocumentOut.of(record)
@@ -98,11 +100,11 @@ def get_document(services: ServicesDep, id: str) -> DocumentOut:
 @router.delete("/documents/{id}", response_model=DeletedDocument, responses=_ERRORS)
 def delete_document(services: ServicesDep, id: str) -> DeletedDocument:
     """Removes the document's chunks from the index and the document from the catalog."""
-    record = services.pipeline.catalog.get(id)
+    record = services.system.catalog.get(id)
     if record is None:
         raise ApiError(404, "document_not_found", f"no document with id {id!r}; GET /v1/documents lists them")
     services.probe.require()
-    services.pipeline.ingestor.delete(record.id)
+    services.system.ingestor.delete(record.id)
     return DeletedDocument(id=record.id, source=record.source)
 
 

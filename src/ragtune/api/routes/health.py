@@ -26,7 +26,7 @@ async def health() -> HealthResponse:
     summary="Readiness: store, catalog and embedding model usable",
 )
 def ready(services: ServicesDep) -> JSONResponse:
-    result = readiness(services.pipeline, services.probe)
+    result = readiness(services.system, services.probe)
     services.metrics.ready.set(1 if result.ready else 0)
     return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ready else 503)
 
@@ -36,9 +36,9 @@ def metrics(services: ServicesDep) -> Response:
     m = services.metrics
     for state, n in services.queue.counts().items():
         m.ingest_jobs.labels(state=state).set(n)
-    counts = services.pipeline.catalog.counts()
+    counts = services.system.catalog.counts()
     for status in ("pending", "indexed", "failed"):
         m.documents.labels(status=status).set(counts[status])
     m.chunks.set(counts["chunks"])
-    m.ready.set(1 if readiness(services.pipeline, services.probe).ready else 0)
+    m.ready.set(1 if readiness(services.system, services.probe).ready else 0)
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

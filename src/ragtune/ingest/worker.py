@@ -5,7 +5,7 @@ processes sharing a PostgreSQL catalog and a Milvus server. While it works on a 
 heartbeat thread renews the job's lease; if the worker dies the lease runs out and another
 worker takes the job over from its first unfinished file (see `ragtune.store.jobs`).
 
-    worker = Worker(pipeline, JobQueue(pipeline.catalog), settings)
+    worker = Worker(system.ingestor, JobQueue(system.catalog), settings.service)
     worker.run_once()        # True when a job was processed
 """
 
@@ -18,8 +18,8 @@ import threading
 import uuid
 from collections.abc import Callable
 
-from ragtune.config import Settings
-from ragtune.rag import Pipeline
+from ragtune.config import ServiceSettings
+from ragtune.ingest.indexer import Ingestor
 from ragtune.store.jobs import FILE_FAILED, FILE_INDEXED, FILE_UNCHANGED, QUEUED, Job, JobQueue
 
 log = logging.getLogger("ragtune.worker")
@@ -58,13 +58,13 @@ class _Heartbeat:
 class Worker:
     def __init__(
         self,
-        pipeline: Pipeline,
+        ingestor: Ingestor,
         queue: JobQueue,
-        settings: Settings,
+        settings: ServiceSettings,
         worker_id: str | None = None,
         store_ready: Callable[[], str | None] = lambda: None,
     ) -> None:
-        self.pipeline, self.queue, self.settings = pipeline, queue, settings
+        self.ingestor, self.queue, self.settings = ingestor, queue, settings
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.store_ready = store_ready  # None when the store is reachable, else the reason
         self._wake = threading.Event()
@@ -132,11 +132,11 @@ class Worker:
                 log.info("worker %s stopping: job %s handed back at file %d", self.id, job.id, file.seq)
                 return
             data = self.queue.file_data(job.id, file.seq)
-            report = self.pipeline.ingestor.ingest_bytes(data, file.source, job.tags)
+            report = self.ingestor.ingest_bytes(data, file.source, job.tags)
             if report.failed:
                 status, chunks, error = FILE_FAILED, 0, report.failed[0][1]
             elif report.unchanged:
-                record = self.pipeline.catalog.get(file.doc_id)
+                record = self.ingestor.catalog.get(file.doc_id)
                 status, chunks, error = FILE_UNCHANGED, record.chunks if record else 0, ""
             else:
                 status, chunks, error = FILE_INDEXED, report.chunks, ""

@@ -6,7 +6,7 @@ a file gone from an ingested folder loses its chunks. Resumable: a document is m
 stored, so a run killed anywhere leaves ``pending`` documents that the next run re-indexes
 from scratch (delete, then insert) without duplicates.
 
-    >>> from ragtune.ingest.pipeline import parse_shard
+    >>> from ragtune.ingest.indexer import parse_shard
     >>> parse_shard("2/4")
     (2, 4)
 """
@@ -22,12 +22,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ragtune.config import Settings
+from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
-from ragtune.ingest.chunking import Chunk, chunk_document, document_id
-from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoadedDocument, LoaderError, load_bytes
+from ragtune.ingest.chunking import chunk_document, document_id
+from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoaderError, load_bytes
+from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
-from ragtune.store.milvus import MilvusStore
+from ragtune.types import Chunk, LoadedDocument
 
 
 @dataclass
@@ -89,7 +90,7 @@ def discover(roots: list[Path], shard: tuple[int, int] | None = None) -> Iterato
 class Ingestor:
     """Indexes files into the store and records every document in the catalog."""
 
-    def __init__(self, settings: Settings, embedder: Embedder, store: MilvusStore, catalog: Catalog) -> None:
+    def __init__(self, settings: IngestSettings, embedder: Embedder, store: VectorStore, catalog: Catalog) -> None:
         self.settings, self.embedder, self.store, self.catalog = settings, embedder, store, catalog
 
     def ingest_paths(
@@ -161,7 +162,7 @@ class Ingestor:
             prepared = self._prepare(source, read, known, tags, report)
             if prepared is not None:
                 batch.append(prepared)
-                if sum(len(p.chunks) for p in batch) >= self.settings.ingest_batch_chunks:
+                if sum(len(p.chunks) for p in batch) >= self.settings.batch_chunks:
                     self._store(batch, report)
                     batch = []
             on_done()
