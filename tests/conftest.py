@@ -24,6 +24,10 @@ from ragtune.system import System, build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
+# Two SQuAD articles shipped with the tests (see its README.md): what the SQuAD tests run on.
+SQUAD_MINI = REPO / "tests" / "data" / "squad-mini"
+# The ten-article development set beside the repository; absent on a plain clone, so a test
+# that needs it skips.
 SQUAD_DEV = REPO.parent / "shared" / "data" / "squad-dev"
 
 

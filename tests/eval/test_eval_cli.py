@@ -1,4 +1,5 @@
-"""`ragtune eval` on a slice of squad-dev: exact output contract and quality thresholds."""
+"""`ragtune eval` on squad-mini (two SQuAD articles shipped in tests/data): exact output contract
+and quality thresholds."""
 
 from __future__ import annotations
 
@@ -6,37 +7,30 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ragtune.eval.datasets import DatasetError, load_beir
 from ragtune.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k, squad_exact_match, squad_f1
-from tests.conftest import SQUAD_DEV
+from tests.conftest import SQUAD_DEV, SQUAD_MINI
 
-ARTICLES = ("rhine-", "kenya-")
+MAKE_SQUAD_MINI = SQUAD_MINI.parent / "make_squad_mini.py"
+SQUAD_MINI_FILES = ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv", "unanswerable.jsonl")
 
 
-@pytest.fixture(scope="module")
-def squad_slice(tmp_path_factory) -> Path:
-    """Two articles of squad-dev with their questions, in BEIR format."""
+def test_squad_mini_is_cut_from_squad_dev(tmp_path):
+    """The shipped fixture is exactly what its script cuts from squad-dev (see its README)."""
     if not SQUAD_DEV.is_dir():
-        pytest.skip(f"{SQUAD_DEV} is not present")
-    root = tmp_path_factory.mktemp("squad-slice")
-    corpus = [json.loads(line) for line in (SQUAD_DEV / "corpus.jsonl").open()]
-    kept = {row["_id"] for row in corpus if row["_id"].startswith(ARTICLES)}
-    (root / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus if r["_id"] in kept))
-    qrels = [line.split("\t") for line in (SQUAD_DEV / "qrels" / "test.tsv").read_text().splitlines()[1:]]
-    query_ids = {q for q, doc, _ in qrels if doc in kept}
-    (root / "qrels").mkdir()
-    (root / "qrels" / "test.tsv").write_text(
-        "query-id\tcorpus-id\tscore\n" + "".join("\t".join(r) + "\n" for r in qrels if r[0] in query_ids)
+        pytest.skip(f"{SQUAD_DEV} is not present: cannot rebuild tests/data/squad-mini to compare")
+    result = subprocess.run(
+        [sys.executable, str(MAKE_SQUAD_MINI), str(SQUAD_DEV), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
-    queries = [line for line in (SQUAD_DEV / "queries.jsonl").open() if json.loads(line)["_id"] in query_ids]
-    (root / "queries.jsonl").write_text("".join(queries))
-    unanswerable = [line for line in (SQUAD_DEV / "unanswerable.jsonl").open()][:20]
-    (root / "unanswerable.jsonl").write_text("".join(unanswerable))
-    return root
+    assert result.returncode == 0, result.stderr
+    for name in SQUAD_MINI_FILES:
+        assert (tmp_path / name).read_bytes() == (SQUAD_MINI / name).read_bytes(), name
 
 
 def _eval(*args: str) -> dict:
@@ -52,8 +46,8 @@ def _eval(*args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_eval_retrieval_hybrid_beats_thresholds_and_baseline(squad_slice):
-    report = _eval("retrieval", str(squad_slice), "--mode", "hybrid", "--limit", "150")
+def test_eval_retrieval_hybrid_beats_thresholds_and_baseline():
+    report = _eval("retrieval", str(SQUAD_MINI), "--mode", "hybrid", "--limit", "150")
     assert report["n_queries"] == 150
     assert {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"} <= set(report)
     assert report["ndcg@10"] >= 0.88 and report["recall@5"] >= 0.95
@@ -61,8 +55,8 @@ def test_eval_retrieval_hybrid_beats_thresholds_and_baseline(squad_slice):
 
 
 @pytest.mark.slow
-def test_eval_answers_reports_squad_metrics(squad_slice):
-    report = _eval("answers", str(squad_slice), "--limit", "25")
+def test_eval_answers_reports_squad_metrics():
+    report = _eval("answers", str(SQUAD_MINI), "--limit", "25")
     assert set(report) >= {"exact_match", "f1", "citation_support", "abstain_rate"}
     assert report["n_questions"] == 25 and report["n_unanswerable"] == 20
     assert report["f1"] > 0.1 and report["citation_support"] >= 0.6
