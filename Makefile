@@ -36,10 +36,11 @@ demo: install
 system-deps:
 	@for script in scripts/system-deps/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 
-# Lint and format are checked, never applied, so CI fails on code that was not formatted.
+# Lint, format and types are checked, never fixed up, so CI fails on code that was not formatted.
 lint: install
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy
 
 test: install system-deps lint
 	$(BIN)/python -m pytest

@@ -21,6 +21,7 @@ import torch
 from ragtune.config import Settings
 from ragtune.embed import LocalEmbedder
 from ragtune.ingest.chunking import chunk_document
+from ragtune.ingest.formats import Limits
 from ragtune.ingest.loaders import load_bytes
 from ragtune.system import build
 
@@ -46,7 +47,7 @@ def main() -> None:
             c
             for path in sorted(docs.iterdir())
             for c in chunk_document(
-                load_bytes(path.read_bytes(), str(path), settings.ingest.max_uncompressed_bytes),
+                load_bytes(path.read_bytes(), str(path), Limits(settings.ingest.max_uncompressed_bytes)),
                 settings.ingest.chunk_size,
                 settings.ingest.chunk_overlap,
             )

@@ -177,7 +177,7 @@ def ask(
     filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
     with _system(settings, generator=True) as system:
         assert system.rag is not None  # built with its generator
-        answer = system.rag.ask(question, top_k, mode, filters)  # type: ignore[arg-type]
+        answer = system.rag.ask(question, top_k, mode, filters)
     if as_json:
         _print_json(
             {
@@ -285,7 +285,7 @@ def worker(
     import signal
     import threading
 
-    from ragtune.api.health import StoreProbe
+    from ragtune.api.readiness import StoreProbe
     from ragtune.ingest.worker import Worker
     from ragtune.store.base import is_server_uri
     from ragtune.store.jobs import JobQueue

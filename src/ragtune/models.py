@@ -76,7 +76,7 @@ def model_dir(model: str | Path, cache_dir: Path) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             # The GGUF "quantizer" only dequantized on load; left set, save_pretrained
             # would write a config that asks for GGUF again.
-            lm.hf_quantizer = None
+            lm.hf_quantizer = None  # type: ignore[assignment]  # transformers types the attribute without None
             if hasattr(lm.config, "quantization_config"):
                 del lm.config.quantization_config
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from builders import pdf_bytes
+from ragtune.ingest.formats import accept_attribute, supported_names
 from ragtune.types import Filters
 from tests.api.support import wait_for_job
 
@@ -127,3 +130,12 @@ def test_unknown_job_and_route_are_json_404s(indexed):
     }
     method = indexed.http.put("/v1/query")
     assert method.status_code == 405 and method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_ui_and_the_upload_docs_list_the_registered_formats(indexed):
+    page = indexed.http.get("/").text
+    assert f'accept="{accept_attribute()}"' in page and "{{" not in page
+    assert f"<small>{supported_names()}</small>" in page
+    upload = indexed.http.get("/openapi.json").json()["components"]["schemas"]
+    described = json.dumps(upload)
+    assert f"One or more files: {supported_names()}." in described

@@ -1,12 +1,15 @@
+from pathlib import Path
+
 import pytest
 
 from builders import docx_bytes, encrypted_pdf_bytes, pdf_bytes, zip_bomb_docx
-from ragtune.ingest.loaders import DOCX, HTML, MARKDOWN, PDF, TEXT, LoaderError, detect_content_type, load_bytes
+from ragtune.ingest.formats import DOCX, FORMATS, HTML, MARKDOWN, PDF, TEXT, Limits, LoaderError
+from ragtune.ingest.loaders import detect_format, load_bytes
 
 
 def test_pdf_keeps_page_numbers_and_title():
     doc = load_bytes(pdf_bytes(["Alpha page text.", "Beta page text."], title="Guide"), "guide.pdf")
-    assert doc.content_type == PDF
+    assert doc.content_type == PDF.content_type
     assert doc.title == "Guide"
     assert [(s.page, s.text) for s in doc.sections] == [(1, "Alpha page text."), (2, "Beta page text.")]
 
@@ -22,7 +25,7 @@ def test_docx_sections_follow_headings():
         ]
     )
     doc = load_bytes(data, "manual.docx")
-    assert doc.content_type == DOCX
+    assert doc.content_type == DOCX.content_type
     assert [(s.heading, s.text) for s in doc.sections] == [
         ("", "Intro text."),
         ("Setup", "Run make demo."),
@@ -32,7 +35,7 @@ def test_docx_sections_follow_headings():
 
 def test_markdown_heading_trail_and_no_markup():
     doc = load_bytes(b"# Guide\nIntro **bold**.\n\n## Install\n- step one\n- step two\n", "guide.md")
-    assert doc.content_type == MARKDOWN
+    assert doc.content_type == MARKDOWN.content_type
     assert doc.sections[0].heading == "Guide" and doc.sections[0].text == "Intro bold."
     assert doc.sections[1].heading == "Guide > Install"
     assert "step one" in doc.sections[1].text and "**" not in doc.text
@@ -41,7 +44,7 @@ def test_markdown_heading_trail_and_no_markup():
 def test_html_drops_scripts_and_keeps_title():
     html = b"<!doctype html><html><head><title>Page</title><style>p{}</style></head><body><script>evil()</script><h1>Top</h1><p>Body text.</p></body></html>"
     doc = load_bytes(html, "page")  # no extension: detected from the content
-    assert doc.content_type == HTML and doc.title == "Page"
+    assert doc.content_type == HTML.content_type and doc.title == "Page"
     assert doc.text == "Body text." and "evil" not in doc.text
 
 
@@ -55,7 +58,7 @@ def test_html_drops_scripts_and_keeps_title():
     ],
 )
 def test_type_is_detected_from_content(data, name, expected):
-    assert detect_content_type(data, name) == expected
+    assert detect_format(data, name) is expected
 
 
 @pytest.mark.parametrize(
@@ -81,4 +84,9 @@ def test_hostile_files_raise_clear_errors(data, name, message):
 
 def test_zip_bomb_docx_is_refused_before_inflating():
     with pytest.raises(LoaderError, match="would decompress to"):
-        load_bytes(zip_bomb_docx(10 * 1024 * 1024), "bomb.docx", max_uncompressed_bytes=1024 * 1024)
+        load_bytes(zip_bomb_docx(10 * 1024 * 1024), "bomb.docx", Limits(max_uncompressed_bytes=1024 * 1024))
+
+
+def test_the_readme_lists_the_registered_formats():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert ", ".join(fmt.name for fmt in FORMATS) in readme

@@ -26,16 +26,16 @@ from fastapi.staticfiles import StaticFiles
 from starlette.routing import Mount, Route
 from starlette.types import Scope
 
-from ragtune.api.batching import BatchingEmbedder
 from ragtune.api.deps import Services
 from ragtune.api.errors import install_error_handlers
-from ragtune.api.health import StoreProbe
 from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder
-from ragtune.api.query import QueryService
+from ragtune.api.query_service import QueryService
+from ragtune.api.readiness import StoreProbe
 from ragtune.api.routes import documents, health, query, ui
 from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
+from ragtune.embed.batching import BatchingEmbedder
 from ragtune.ingest.worker import Worker
 from ragtune.store.jobs import JobQueue
 from ragtune.store.keys import KeyStore

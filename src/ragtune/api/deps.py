@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ragtune.api.errors import ApiError
-from ragtune.api.health import StoreProbe
 from ragtune.api.metrics import ServiceMetrics
-from ragtune.api.query import QueryService
+from ragtune.api.query_service import QueryService
+from ragtune.api.readiness import StoreProbe
 from ragtune.api.security import Authenticator, RateLimiter
 from ragtune.config import Settings
 from ragtune.ingest.worker import Worker

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 
 import anyio
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ragtune.api.errors import ApiError, error_response
 from ragtune.store.keys import KeyStore, hash_key
@@ -169,7 +169,7 @@ class BodyLimitMiddleware:
                 return
         received = 0
 
-        async def limited_receive():  # type: ignore[no-untyped-def]
+        async def limited_receive() -> Message:
             nonlocal received
             msg = await receive()
             if msg["type"] == "http.request":

@@ -25,7 +25,7 @@ from ragtune.config import RetrievalMode, Settings
 from ragtune.embed import Embedder
 from ragtune.eval.datasets import BeirDataset, DatasetError, load_beir
 from ragtune.eval.metrics import normalize_answer, retrieval_metrics, squad_exact_match, squad_f1
-from ragtune.ingest.loaders import TEXT
+from ragtune.ingest.formats import TEXT
 from ragtune.system import System, build
 from ragtune.types import LoadedDocument, Section
 
@@ -50,7 +50,7 @@ def indexed_dataset(
         try:
             started = time.perf_counter()
             docs = (
-                LoadedDocument(f"{_SOURCE_PREFIX}{doc.id}", TEXT, doc.title, [Section(doc.text)])
+                LoadedDocument(f"{_SOURCE_PREFIX}{doc.id}", TEXT.content_type, doc.title, [Section(doc.text)])
                 for doc in dataset.corpus.values()
             )
             report = system.ingestor.ingest_documents(docs)

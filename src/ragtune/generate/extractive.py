@@ -176,7 +176,8 @@ _STOPWORDS = frozenset(
 def _blocks(text: str) -> list[str]:
     """Lines joined into running text, except headings and titles (PDF and DOCX text carry
     them on lines of their own): a short unpunctuated line followed by a capitalised one."""
-    blocks, current = [], []
+    blocks: list[str] = []
+    current: list[str] = []
     lines = [line.strip() for line in text.splitlines()] + [""]
     for line, following in itertools.pairwise(lines):
         if not line:

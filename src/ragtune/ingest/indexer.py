@@ -13,6 +13,7 @@ from scratch (delete, then insert) without duplicates.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -25,7 +26,8 @@ from tqdm import tqdm
 from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
 from ragtune.ingest.chunking import chunk_document, document_id
-from ragtune.ingest.loaders import SUPPORTED_EXTENSIONS, LoaderError, load_bytes
+from ragtune.ingest.formats import SUPPORTED_EXTENSIONS, Limits, LoaderError
+from ragtune.ingest.loaders import load_bytes
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
 from ragtune.types import Chunk, LoadedDocument
@@ -87,6 +89,10 @@ def discover(roots: list[Path], shard: tuple[int, int] | None = None) -> Iterato
                     yield path
 
 
+def _same(doc: LoadedDocument) -> LoadedDocument:
+    return doc
+
+
 class Ingestor:
     """Indexes files into the store and records every document in the catalog."""
 
@@ -137,7 +143,7 @@ class Ingestor:
     def ingest_documents(self, docs: Iterable[LoadedDocument], tags: tuple[str, ...] = ()) -> IngestReport:
         """Index already-parsed documents (dataset records), batched like files."""
         report = IngestReport()
-        self._index(((doc.source, lambda doc=doc: doc) for doc in docs), tags, report)
+        self._index(((doc.source, functools.partial(_same, doc)) for doc in docs), tags, report)
         return report
 
     def delete(self, source_or_id: str) -> bool:
@@ -181,7 +187,7 @@ class Ingestor:
         try:
             payload = read()
             parsed = payload if isinstance(payload, LoadedDocument) else None
-            data = f"{parsed.title}\n{parsed.text}".encode() if parsed else payload
+            data = f"{payload.title}\n{payload.text}".encode() if isinstance(payload, LoadedDocument) else payload
             size = len(data)
             if size > self.settings.max_file_bytes:
                 raise LoaderError(
@@ -191,7 +197,7 @@ class Ingestor:
             if known.get(doc_id) == (content_hash, INDEXED):
                 report.unchanged.append(source)
                 return None
-            doc = parsed or load_bytes(data, source, self.settings.max_uncompressed_bytes)
+            doc = parsed or load_bytes(data, source, Limits(self.settings.max_uncompressed_bytes))
             chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, tags)
         except (LoaderError, OSError) as exc:
             message = str(exc) if isinstance(exc, LoaderError) else f"cannot read {source}: {exc.strerror or exc}"

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from ragtune.store.tables import TableBase, utc_now
 
 PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
 
@@ -28,15 +31,7 @@ class CatalogError(RuntimeError):
     """The catalog database cannot be used."""
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-class DocumentRow(_Base):
+class DocumentRow(TableBase):
     __tablename__ = "documents"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -49,8 +44,8 @@ class DocumentRow(_Base):
     title: Mapped[str] = mapped_column(String(1024), default="")
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class IndexedDocument:
 
 def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(connection: Any, _record: Any) -> None:
         cursor = connection.cursor()
         # WAL lets readers (the API) run while a writer (an ingest) commits; the busy
         # timeout makes concurrent writers wait instead of failing with "database is locked".
@@ -128,7 +123,7 @@ class Catalog:
                     # Workers and API replicas start together; CREATE TABLE's existence check
                     # races between them, so schema creation takes a cluster-wide lock.
                     connection.execute(text("SELECT pg_advisory_xact_lock(7450238)"))
-                _Base.metadata.create_all(connection)
+                TableBase.metadata.create_all(connection)
         except Exception as exc:
             raise CatalogError(f"cannot open catalog {url!r}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -40,9 +41,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from ragtune.store.catalog import Catalog, _Base
+from ragtune.store.catalog import Catalog
+from ragtune.store.tables import TableBase, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
@@ -52,11 +55,13 @@ FILE_INDEXED, FILE_UNCHANGED, FILE_FAILED = "indexed", "unchanged", "failed"
 _MAX_CLAIM_SCAN = 16  # exhausted jobs failed per claim() call before it gives up for now
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
+def _changed(session: Session, statement: Any) -> int:
+    """Rows an UPDATE changed (the compare-and-set checks read it)."""
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]  # DML results are cursor results
+    return result.rowcount
 
 
-class JobRow(_Base):
+class JobRow(TableBase):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -72,11 +77,11 @@ class JobRow(_Base):
     # Epoch seconds: compared in SQL by every worker, so no time zone handling can differ.
     available_at: Mapped[float] = mapped_column(Float, default=0.0, index=True)
     lease_until: Mapped[float] = mapped_column(Float, default=0.0)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
 
-class JobFileRow(_Base):
+class JobFileRow(TableBase):
     __tablename__ = "job_files"
 
     job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
@@ -136,7 +141,13 @@ class JobQueue:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         # The Catalog creates the tables registered when it opened; these may come later.
-        _Base.metadata.create_all(catalog.engine, tables=[JobRow.__table__, JobFileRow.__table__])
+        TableBase.metadata.create_all(
+            catalog.engine,
+            tables=[
+                TableBase.metadata.tables[JobRow.__tablename__],
+                TableBase.metadata.tables[JobFileRow.__tablename__],
+            ],
+        )
 
     # --- producer ------------------------------------------------------------------------
     def enqueue(self, files: list[NewFile], tags: tuple[str, ...] = ()) -> Job:
@@ -248,7 +259,8 @@ class JobQueue:
                     )
                     continue
                 # Compare-and-set: on SQLite (no row locks) a racing claimer matches 0 rows.
-                claimed = s.execute(
+                claimed = _changed(
+                    s,
                     update(JobRow)
                     .where(JobRow.id == job_id, claimable)
                     .values(
@@ -256,8 +268,8 @@ class JobQueue:
                         claimed_by=worker_id,
                         lease_until=now + lease_seconds,
                         attempts=JobRow.attempts + 1,
-                    )
-                ).rowcount
+                    ),
+                )
             if claimed:
                 return self.get(job_id)
         return None
@@ -267,25 +279,27 @@ class JobQueue:
         out and another worker took it), and the caller must stop working on it."""
         with self.catalog.session() as s, s.begin():
             return bool(
-                s.execute(
+                _changed(
+                    s,
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
-                    .values(lease_until=time.time() + lease_seconds)
-                ).rowcount
+                    .values(lease_until=time.time() + lease_seconds),
+                )
             )
 
     def record_file(self, job_id: str, worker_id: str, seq: int, status: str, chunks: int, error: str = "") -> bool:
         """Records one file's outcome and the job's progress; False if the job is no longer ours."""
         with self.catalog.session() as s, s.begin():
-            owned = s.execute(
+            owned = _changed(
+                s,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
                 .values(
                     files_done=JobRow.files_done + 1,
                     files_failed=JobRow.files_failed + (1 if status == FILE_FAILED else 0),
                     chunks=JobRow.chunks + chunks,
-                )
-            ).rowcount
+                ),
+            )
             if not owned:
                 return False
             s.execute(
@@ -298,11 +312,12 @@ class JobQueue:
     def finish(self, job_id: str, worker_id: str) -> bool:
         """Marks the job done (its per-file outcomes say what failed); False if not ours."""
         with self.catalog.session() as s, s.begin():
-            done = s.execute(
+            done = _changed(
+                s,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
-                .values(state=DONE, lease_until=0.0)
-            ).rowcount
+                .values(state=DONE, lease_until=0.0),
+            )
             if done:
                 s.execute(update(JobFileRow).where(JobFileRow.job_id == job_id).values(data=b""))
             return bool(done)
@@ -312,11 +327,12 @@ class JobQueue:
         down between two files); the next claim resumes at its first unfinished file."""
         with self.catalog.session() as s, s.begin():
             return bool(
-                s.execute(
+                _changed(
+                    s,
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
-                    .values(state=QUEUED, attempts=JobRow.attempts - 1, lease_until=0.0, available_at=0.0)
-                ).rowcount
+                    .values(state=QUEUED, attempts=JobRow.attempts - 1, lease_until=0.0, available_at=0.0),
+                )
             )
 
     def release(self, job_id: str, worker_id: str, error: str, max_attempts: int, retry_after: float) -> str:

@@ -17,32 +17,29 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import DateTime, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
-from ragtune.store.catalog import Catalog, _Base
+from ragtune.store.catalog import Catalog
+from ragtune.store.tables import TableBase, utc_now
 
 _PREFIX = "rt_"
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-class ApiKeyRow(_Base):
+class ApiKeyRow(TableBase):
     __tablename__ = "api_keys"
 
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), default="")
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     hint: Mapped[str] = mapped_column(String(16), default="")  # the first characters, to recognise it
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=None)
 
 
@@ -64,14 +61,14 @@ class CreatedKey:
 class KeyStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        _Base.metadata.create_all(catalog.engine, tables=[ApiKeyRow.__table__])
+        TableBase.metadata.create_all(catalog.engine, tables=[TableBase.metadata.tables[ApiKeyRow.__tablename__]])
 
     def create(self, name: str = "") -> CreatedKey:
         if len(name) > 128:
             raise ValueError(f"a key name has at most 128 characters; got {len(name)}")
         secret = _PREFIX + secrets.token_urlsafe(32)
         row = ApiKeyRow(
-            id=secrets.token_hex(4), name=name, hash=hash_key(secret), hint=secret[:7] + "…", created_at=_now()
+            id=secrets.token_hex(4), name=name, hash=hash_key(secret), hint=secret[:7] + "…", created_at=utc_now()
         )
         with self.catalog.session() as s, s.begin():
             s.add(row)
@@ -88,7 +85,7 @@ class KeyStore:
                 known = ", ".join(s.scalars(select(ApiKeyRow.id))) or "none"
                 raise KeyError(f"no API key with id {key_id!r} (known ids: {known}); see `ragtune keys list`")
             if row.revoked_at is None:
-                row.revoked_at = _now()
+                row.revoked_at = utc_now()
             return _key(row)
 
     def active_hashes(self) -> set[str]:

@@ -94,7 +94,7 @@ class MilvusStore:
         self.uri, self.collection, self.dimension = uri, collection, dimension
         # Every call carries a deadline: without one pymilvus retries a dead server for minutes.
         self.timeout = timeout
-        self._client = None
+        self._client: Any = None
         self._seen_rows = False  # see search_bm25
         self._lock: _LiteLock | None = None
         if not is_server_uri(uri):

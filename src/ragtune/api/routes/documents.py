@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
@@ -18,17 +18,20 @@ from ragtune.api.schemas import (
     UploadedDocument,
 )
 from ragtune.api.uploads import check_upload
+from ragtune.ingest.formats import supported_names
 from ragtune.types import TagError, check_tags
 
 router = APIRouter(prefix="/v1", tags=["documents"])
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 503)
+}
 
 
 @router.post("/documents", status_code=status.HTTP_202_ACCEPTED, response_model=UploadAccepted, responses=_ERRORS)
 def upload_documents(
     services: ServicesDep,
-    files: Annotated[list[UploadFile], File(description="One or more files: txt, md, html, pdf, docx.")],
+    files: Annotated[list[UploadFile], File(description=f"One or more files: {supported_names()}.")],
     tags: Annotated[list[str], Form(description="Tags for every uploaded document (repeatable).")] = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> UploadAccepted:
     """Checks every file, then queues one job indexing them all; poll `status_url` for progress."""

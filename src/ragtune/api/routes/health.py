@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ragtune.api.deps import ServicesDep
-from ragtune.api.health import readiness
+from ragtune.api.readiness import readiness
 from ragtune.api.schemas import HealthResponse, ReadinessResponse
 
 router = APIRouter(tags=["probes"])

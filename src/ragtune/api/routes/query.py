@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
 from ragtune.api.deps import ServicesDep
 from ragtune.api.errors import ApiError
-from ragtune.api.query import MODEL_ID
+from ragtune.api.query_service import MODEL_ID
 from ragtune.api.schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -20,7 +22,7 @@ from ragtune.api.schemas import (
 
 router = APIRouter(prefix="/v1")
 
-_ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503)}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
+
+from ragtune.ingest.formats import accept_attribute, supported_names
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 
@@ -13,5 +15,8 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/")
-def index() -> FileResponse:
-    return FileResponse(WEB_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+def index() -> HTMLResponse:
+    """The page, its file picker and help text filled in from the format registry."""
+    page = (WEB_DIR / "index.html").read_text(encoding="utf-8")
+    page = page.replace("{{accept}}", accept_attribute()).replace("{{formats}}", supported_names())
+    return HTMLResponse(page, headers={"Cache-Control": "no-cache"})

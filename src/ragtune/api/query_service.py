@@ -7,7 +7,7 @@ proper HTTP error rather than a stream that breaks off. The events of POST /v1/q
 the whole response (citations, retrieved chunks, timings); a failure after the first byte
 is an ``error`` event with the usual error body.
 
-    >>> from ragtune.api.query import tokens, sse
+    >>> from ragtune.api.query_service import tokens, sse
     >>> tokens("Milvus stores vectors [1].")
     ['Milvus ', 'stores ', 'vectors ', '[1].']
     >>> sse("token", {"text": "Hi"})
@@ -26,8 +26,8 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ragtune.api.errors import error_body
-from ragtune.api.health import StoreProbe
 from ragtune.api.metrics import ServiceMetrics
+from ragtune.api.readiness import StoreProbe
 from ragtune.api.schemas import (
     ChatCompletion,
     ChatCompletionChoice,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from ragtune.api.batching import BatchingEmbedder
+from ragtune.embed.batching import BatchingEmbedder
 
 
 class SlowModel:

@@ -8,7 +8,7 @@ costs one connect attempt per second, not one per request; a success is not reme
 server that just went away is noticed by the next request. When the server is back the probe
 sees it within `interval` and the same client reconnects: the service recovers without a restart.
 
-    >>> from ragtune.api.health import StoreProbe
+    >>> from ragtune.api.readiness import StoreProbe
     >>> StoreProbe("http://127.0.0.1:9", interval=0).check()  # nothing listens on port 9
     'Milvus at http://127.0.0.1:9 does not accept connections (Connection refused); check that the server is up'
 """

@@ -8,7 +8,7 @@ timer, so an idle server adds no latency, and the busier it is the larger the ba
 calls (ingestion batches) go straight to the model.
 
     >>> import numpy as np
-    >>> from ragtune.api.batching import BatchingEmbedder
+    >>> from ragtune.embed.batching import BatchingEmbedder
     >>> class Lengths:
     ...     name, dimension = "lengths", 1
     ...     def embed(self, texts, show_progress=False):
@@ -68,7 +68,7 @@ class BatchingEmbedder:
 
     def _run_waiting(self) -> None:
         with self._queue_lock:
-            calls = []
+            calls: list[_Call] = []
             total = 0
             while self._waiting and (not calls or total + len(self._waiting[0].texts) <= self.max_texts):
                 total += len(self._waiting[0].texts)

@@ -1,0 +1,60 @@
+"""The registry of document formats: the one list that the loaders, the upload checks, the
+API's messages and the web UI's file picker read. A new format is one module here that
+defines its `Format`, plus one line in `FORMATS`.
+
+    >>> from ragtune.ingest.formats import FORMATS, supported_names, accept_attribute
+    >>> supported_names()
+    'txt, md, html, pdf and docx'
+    >>> accept_attribute()
+    '.txt,.text,.md,.markdown,.html,.htm,.pdf,.docx'
+"""
+
+from __future__ import annotations
+
+from ragtune.ingest.formats.base import DEFAULT_MAX_UNCOMPRESSED_BYTES, Format, Limits, LoaderError, decode_text
+from ragtune.ingest.formats.docx import DOCX
+from ragtune.ingest.formats.html import HTML, MARKDOWN
+from ragtune.ingest.formats.pdf import PDF
+from ragtune.ingest.formats.text import TEXT
+
+FORMATS: tuple[Format, ...] = (TEXT, MARKDOWN, HTML, PDF, DOCX)
+
+SUPPORTED_EXTENSIONS = frozenset(ext for fmt in FORMATS for ext in fmt.extensions)
+
+__all__ = [
+    "DEFAULT_MAX_UNCOMPRESSED_BYTES",
+    "DOCX",
+    "FORMATS",
+    "HTML",
+    "MARKDOWN",
+    "PDF",
+    "SUPPORTED_EXTENSIONS",
+    "TEXT",
+    "Format",
+    "Limits",
+    "LoaderError",
+    "accept_attribute",
+    "by_content_type",
+    "by_extension",
+    "decode_text",
+    "supported_names",
+]
+
+
+def by_content_type(content_type: str) -> Format:
+    return next(fmt for fmt in FORMATS if fmt.content_type == content_type)
+
+
+def by_extension(suffix: str) -> Format | None:
+    return next((fmt for fmt in FORMATS if suffix.lower() in fmt.extensions), None)
+
+
+def supported_names() -> str:
+    """'txt, md, html, pdf and docx', for messages."""
+    names = [fmt.name for fmt in FORMATS]
+    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+
+
+def accept_attribute() -> str:
+    """The extensions for an HTML file input's ``accept`` attribute."""
+    return ",".join(ext for fmt in FORMATS for ext in fmt.extensions)

@@ -1,0 +1,74 @@
+"""What a document format is: how to recognise it, check it cheaply and load it into sections."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ragtune.types import Section
+
+DEFAULT_MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+
+
+class LoaderError(ValueError):
+    """The file cannot be turned into text; the message says why and what to do.
+
+    `code` names the kind of problem for the API's error body (``encrypted_pdf``, …)."""
+
+    def __init__(self, message: str, code: str = "unreadable") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one document may cause."""
+
+    max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+
+
+Load = Callable[[bytes, str, Limits], tuple[str, list[Section]]]  # (data, file name, limits) -> (title, sections)
+Check = Callable[[bytes, str, Limits], None]  # raises LoaderError; cheap enough to run on upload
+
+
+@dataclass(frozen=True)
+class Format:
+    """One supported format. Binary formats are recognised by their bytes (`magic` or a
+    `zip_member`); text formats by their extension (and HTML also by its doctype)."""
+
+    name: str  # how people and error messages call it: "pdf"
+    content_type: str
+    extensions: tuple[str, ...]
+    load: Load
+    check: Check
+    magic: bytes = b""
+    zip_member: str = ""
+    misnamed: str = ""  # why a file with this extension but other bytes is refused
+
+    @property
+    def binary(self) -> bool:
+        return bool(self.magic or self.zip_member)
+
+
+def normalise(text: str) -> str:
+    """Line endings unified, runs of blanks and blank lines collapsed."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"[ \t\f\v]+", " ", text)
+    text = re.sub(r" *\n *", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def decode_text(data: bytes, name: str) -> str:
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LoaderError(
+            f"{name} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+            "convert it first, e.g. `iconv -f latin1 -t utf-8`",
+            "invalid_encoding",
+        ) from exc
+
+
+def check_text(data: bytes, name: str, limits: Limits) -> None:
+    decode_text(data, name)

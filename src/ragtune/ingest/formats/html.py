@@ -1,0 +1,62 @@
+"""HTML and Markdown: sections split at headings, the heading trail kept ("Setup > Linux").
+
+Markdown is rendered to HTML first (tables and fenced code kept), then read like HTML."""
+
+from __future__ import annotations
+
+import markdown
+from bs4 import BeautifulSoup, NavigableString
+
+from ragtune.ingest.formats.base import Format, Limits, check_text, decode_text, normalise
+from ragtune.types import Section
+
+
+def load_html(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
+    return html_sections(decode_text(data, name))
+
+
+def load_markdown(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
+    return html_sections(markdown.markdown(decode_text(data, name), extensions=["tables", "fenced_code"]))
+
+
+_HEADING_TAGS = ["h1", "h2", "h3", "h4", "h5", "h6"]
+_HEADING_MARK = "\x1eH"  # a record separator no real document text contains
+
+
+def html_sections(html: str) -> tuple[str, list[Section]]:
+    soup = BeautifulSoup(html, "lxml")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(["head", "script", "style", "noscript", "template", "svg"]):
+        tag.decompose()
+    for tag in soup.find_all(_HEADING_TAGS):
+        level = int(tag.name[1])
+        tag.replace_with(NavigableString(f"\n{_HEADING_MARK}{level} {tag.get_text(' ', strip=True)}\n"))
+    for tag in soup.find_all(["p", "div", "pre", "blockquote", "section", "article", "table", "ul", "ol"]):
+        tag.insert_after(NavigableString("\n\n"))
+    for tag in soup.find_all(["li", "br", "tr", "dt", "dd"]):
+        tag.insert_after(NavigableString("\n"))
+    text = soup.get_text()
+
+    sections: list[Section] = []
+    trail: list[tuple[int, str]] = []  # the open headings, outermost first
+    lines: list[str] = []
+
+    def flush() -> None:
+        sections.append(Section(normalise("\n".join(lines)), heading=" > ".join(h for _, h in trail)))
+        lines.clear()
+
+    for line in text.split("\n"):
+        if line.startswith(_HEADING_MARK):
+            flush()
+            mark, _, heading = line[len(_HEADING_MARK) :].partition(" ")
+            level = int(mark)
+            trail = [(lvl, h) for lvl, h in trail if lvl < level] + [(level, heading.strip())]
+        else:
+            lines.append(line)
+    flush()
+    first_heading = next((s.heading.split(" > ")[0] for s in sections if s.heading), "")
+    return title or first_heading, sections
+
+
+HTML = Format("html", "text/html", (".html", ".htm"), load_html, check_text)
+MARKDOWN = Format("md", "text/markdown", (".md", ".markdown"), load_markdown, check_text)
