@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ragtune.finetune.batching import plan_batch
+from ragtune.finetune.batch_plan import plan_batch
 from ragtune.finetune.data import IGNORE_INDEX, build_rag_examples, collate, read_examples, tokenize_example
 from ragtune.finetune.qlora import load_trainable_model
 from ragtune.finetune.trainer import accumulate_gradients, summed_token_loss

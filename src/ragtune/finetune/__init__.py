@@ -1,12 +1,12 @@
 """QLoRA fine-tuning of the answering model (``ragtune finetune``).
 
-Stages: `batching` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
+Stages: `batch_plan` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
 examples in the generator's own prompt), `qlora` (NF4/bitsandbytes base + PEFT LoRA),
 `trainer` (the loop: exact accumulation, checkpoints), `deepspeed` (processes and the
 DeepSpeed config), `export` (merge).
 """
 
-from ragtune.finetune.batching import BatchPlan, BatchPlanError, plan_batch
+from ragtune.finetune.batch_plan import BatchPlan, BatchPlanError, plan_batch
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 
 __all__ = ["BatchPlan", "BatchPlanError", "ConfigError", "FinetuneConfig", "plan_batch", "train"]

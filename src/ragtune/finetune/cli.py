@@ -54,7 +54,7 @@ def plan(
     """Derive the missing one of global batch, micro batch and accumulation steps (or check all three)."""
     import json
 
-    from ragtune.finetune.batching import BatchPlanError, plan_batch
+    from ragtune.finetune.batch_plan import BatchPlanError, plan_batch
 
     try:
         result = plan_batch(global_batch, micro_batch, grad_accum_steps, devices)
@@ -120,7 +120,7 @@ def run(
     ] = False,
 ) -> None:
     """Fine-tune the answering model with QLoRA; the adapter lands in output_dir/adapter."""
-    from ragtune.finetune.batching import BatchPlanError
+    from ragtune.finetune.batch_plan import BatchPlanError
     from ragtune.finetune.config import ConfigError, FinetuneConfig
     from ragtune.finetune.data import DataError
 

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ragtune.finetune.batching import BatchPlan, plan_batch
+from ragtune.finetune.batch_plan import BatchPlan, plan_batch
 
 __all__ = ["ConfigError", "FinetuneConfig"]
 
@@ -39,7 +39,7 @@ class FinetuneConfig(BaseModel):
     model: str = ""
     data: str
     output_dir: Path = Path("runs/finetune")
-    # batch plan (ragtune.finetune.batching): global = micro × devices × accumulation
+    # batch plan (ragtune.finetune.batch_plan): global = micro × devices × accumulation
     global_batch: int | None = Field(None, ge=1)
     micro_batch: int | None = Field(None, ge=1, description="default 4 when fewer than two are given")
     grad_accum_steps: int | None = Field(None, ge=1)

@@ -4,7 +4,7 @@
     result = train(FinetuneConfig.load("configs/finetune-smollm2.yaml"))
 
 One optimizer step consumes ``global_batch`` examples: every process runs
-``grad_accum_steps`` micro-batches of ``micro_batch`` examples (see `batching`).
+``grad_accum_steps`` micro-batches of ``micro_batch`` examples (see `batch_plan`).
 
 Exact gradient accumulation. The loss of a step is the mean over the target tokens of the
 *whole* global batch: ``sum of token losses / target tokens in the step``. Each micro-batch
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ragtune.finetune.batching import BatchPlan
+from ragtune.finetune.batch_plan import BatchPlan
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 from ragtune.finetune.data import (
     IGNORE_INDEX,
