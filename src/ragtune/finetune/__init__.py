@@ -1,8 +1,10 @@
 """QLoRA fine-tuning of the answering model (``ragtune finetune``).
 
 Stages: `batch_plan` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
-examples in the generator's own prompt), `qlora` (NF4/bitsandbytes base + PEFT LoRA),
-`trainer` (the loop: exact accumulation, checkpoints), `deepspeed` (processes and the
+examples in the generator's own prompt, built once per run), `qlora` (NF4/bitsandbytes
+base + PEFT LoRA), `trainer` (the `Trainer` recipe: the loop, exact accumulation),
+`backends` (plain PyTorch or DeepSpeed under the loop), `checkpoint` (layout and resume
+checks), `metrics_log` (metrics.jsonl, loss.png), `deepspeed` (processes and the
 DeepSpeed config), `export` (merge).
 """
 
