@@ -8,10 +8,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ragtune.finetune.batching import plan_batch
-from ragtune.finetune.data import IGNORE_INDEX, build_rag_examples, collate, read_examples, tokenize_example
+from ragtune.finetune.backends import TorchBackend
+from ragtune.finetune.batch_plan import plan_batch
+from ragtune.finetune.data import (
+    IGNORE_INDEX,
+    StepSampler,
+    build_rag_examples,
+    collate,
+    read_examples,
+    tokenize_example,
+)
+from ragtune.finetune.deepspeed import Processes
 from ragtune.finetune.qlora import load_trainable_model
-from ragtune.finetune.trainer import accumulate_gradients, summed_token_loss
+from ragtune.finetune.trainer import Trainer, summed_token_loss
 
 
 @pytest.fixture
@@ -27,7 +36,7 @@ def setup(make_config, qa_jsonl):
                     p.normal_(0, 0.1)
         rag = build_rag_examples(read_examples(qa_jsonl)[:8], retrieve=None, top_k=2, seed=0)
         examples = [tokenize_example(e, trainable.tokenizer, 512) for e in rag]
-        return trainable, examples
+        return trainable, examples, config
 
     return build
 
@@ -36,14 +45,27 @@ def _grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
 
 
-def _step_gradient(trainable, examples, micro: int) -> torch.Tensor:
-    model = trainable.model
-    model.zero_grad(set_to_none=True)
-    plan = plan_batch(global_batch=len(examples), micro_batch=micro, devices=1)
-    pad = trainable.tokenizer.pad_token_id
-    batches = [collate(examples[i : i + micro], pad) for i in range(0, len(examples), micro)]
-    accumulate_gradients(model, None, batches, sum(e.target_tokens for e in examples), plan)
-    return _grads(model)
+class _KeepsGradient(TorchBackend):
+    """Keeps the step's accumulated gradient instead of applying it."""
+
+    def step(self) -> None:
+        self.gradient = _grads(self.module)
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def _step_gradient(trainable, examples, config, micro: int) -> torch.Tensor:
+    """The gradient `Trainer.train_step` accumulates over one global batch of ``examples``
+    in micro-batches of ``micro`` (the trainer's state set by hand instead of by setup())."""
+    trainer = Trainer(config)
+    trainer.processes = Processes(0, 1, 0, False)
+    trainer.plan = plan_batch(global_batch=len(examples), micro_batch=micro, devices=1)
+    trainer.device = torch.device("cpu")
+    trainer.pad_id = trainable.tokenizer.pad_token_id
+    trainer.train_set = list(examples)
+    trainer.sampler = StepSampler(len(examples), len(examples), seed=0, shuffle=False)
+    trainer.backend = backend = _KeepsGradient(config, trainable, trainer.processes)
+    trainer.train_step()
+    return backend.gradient
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -52,20 +74,20 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("quant", ["nf4", "none"])
 def test_one_batch_of_8_equals_4_micro_batches_of_2(setup, quant):
-    trainable, examples = setup(quant)
+    trainable, examples, config = setup(quant)
     lengths = {len(e.input_ids) for e in examples}
     targets = {e.target_tokens for e in examples}
     assert len(lengths) > 2 and len(targets) > 2  # padded, variable-length data
 
-    full = _step_gradient(trainable, examples, micro=8)
-    accumulated = _step_gradient(trainable, examples, micro=2)
+    full = _step_gradient(trainable, examples, config, micro=8)
+    accumulated = _step_gradient(trainable, examples, config, micro=2)
     assert full.norm() > 0
     assert _relative(accumulated, full) <= 1e-5
 
 
 def test_naive_mean_of_micro_batch_means_gives_another_gradient(setup):
-    trainable, examples = setup("nf4")
-    full = _step_gradient(trainable, examples, micro=8)
+    trainable, examples, config = setup("nf4")
+    full = _step_gradient(trainable, examples, config, micro=8)
 
     model = trainable.model
     model.zero_grad(set_to_none=True)
@@ -80,7 +102,7 @@ def test_naive_mean_of_micro_batch_means_gives_another_gradient(setup):
 
 
 def test_loss_over_kept_logits_equals_the_loss_over_all_positions(setup):
-    trainable, examples = setup("none")
+    trainable, examples, _ = setup("none")
     batch = collate(examples[:4], trainable.tokenizer.pad_token_id)
     fast = summed_token_loss(trainable.model, batch)
     logits = trainable.model(
@@ -94,8 +116,8 @@ def test_loss_over_kept_logits_equals_the_loss_over_all_positions(setup):
 
 
 def test_activation_checkpointing_leaves_the_gradient_unchanged(setup):
-    trainable, examples = setup("nf4")
-    expected = _step_gradient(trainable, examples, micro=4)
-    checkpointed, _ = setup("nf4", gradient_checkpointing=True)
+    trainable, examples, config = setup("nf4")
+    expected = _step_gradient(trainable, examples, config, micro=4)
+    checkpointed, _, checkpointed_config = setup("nf4", gradient_checkpointing=True)
     assert checkpointed.model.base_model.model.is_activation_checkpointing
-    assert _relative(_step_gradient(checkpointed, examples, micro=4), expected) <= 1e-5
+    assert _relative(_step_gradient(checkpointed, examples, checkpointed_config, micro=4), expected) <= 1e-5

@@ -63,3 +63,18 @@ def test_bad_files_name_the_problem(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         FinetuneConfig.load(path)
+
+
+def test_run_flags_are_config_keys_described_once():
+    # A flag of `ragtune finetune run` overrides the config key of its name, and its help is
+    # that field's description: the setting is defined once, in FinetuneConfig.
+    import typer
+
+    from ragtune.finetune.cli import finetune_app
+
+    run = typer.main.get_command(finetune_app).commands["run"]
+    flags = {p.name: p for p in run.params if p.name not in ("config_file", "set_", "resume", "merge")}
+    assert set(flags) == {"max_steps", "deepspeed", "offload_optimizer", "offload_params"}
+    for name, param in flags.items():
+        description = FinetuneConfig.model_fields[name].description
+        assert description and param.help.lower().startswith(description.lower()), name

@@ -133,18 +133,15 @@ def test_collate_left_pads_and_counts_positions_from_each_start(tiny_model_dir):
 
 
 def test_jsonl_rows_retrieve_their_chunks_from_a_ragtune_index(tmp_path, sample_dir, settings, embedder, make_config):
-    from ragtune.finetune.trainer import _retriever
+    from ragtune.finetune.data import open_retriever
     from ragtune.system import build
 
     with build(settings, embedder=embedder, generator=False) as system:
         system.ingestor.ingest_paths([sample_dir])
     question = "What is the default chunk overlap in characters?"
     config = make_config(index=str(settings.data_dir))
-    retrieve, close = _retriever(config)
-    try:
+    with open_retriever(config) as retrieve:
         [built] = build_rag_examples([QAExample(question, "200")], retrieve, top_k=3)
-    finally:
-        close()
     assert len(built.hits) == 3 and all(h.source.startswith(str(sample_dir)) for h in built.hits)
     # no gold context: the first retrieved chunk that holds the answer is cited
     first = next(n for n, h in enumerate(built.hits, start=1) if "200" in h.text)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from ragtune.finetune.batching import plan_batch
+from ragtune.finetune.batch_plan import plan_batch
 from ragtune.finetune.deepspeed import deepspeed_config
 from ragtune.finetune.trainer import train
 from tests.api.support import free_port

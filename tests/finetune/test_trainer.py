@@ -158,7 +158,7 @@ def test_bad_set_value_and_bad_data_rows_exit_2(tmp_path, make_config):
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "q", "answer": "a"}\n{"question": "q"\n')
-    result = _cli(str(path), "--data", str(bad))
+    result = _cli(str(path), "--set", f"data={bad}")
     assert (
         result.returncode == 2 and "bad.jsonl:2: not valid JSON" in result.stderr and "Traceback" not in result.stderr
     )
@@ -196,17 +196,17 @@ def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
     passes = {}
     for rank in (0, 1):
         calls.clear()
-        trainer.evaluate(Forward(), examples, 2, 0, Processes(rank, 2, rank, False), torch.device("cpu"))
+        trainer.held_out_loss(Forward(), examples, 2, 0, Processes(rank, 2, rank, False), torch.device("cpu"))
         passes[rank] = list(calls)
     # rank 0 holds examples 0, 2, 4; rank 1 holds 1, 3 and adds a zero-weighted pass
     assert passes == {0: [2, 1], 1: [2, 1]}
 
 
-def test_flags_override_the_config_file(tmp_path, make_config):
+def test_flags_and_set_override_the_config_file(tmp_path, make_config):
     path = tmp_path / "run.yaml"
     config = make_config(max_steps=50)
     _write_config(path, config)
-    result = _cli(str(path), "--max-steps", "2", "--lora-r", "4", "--set", "eval_fraction=0")
+    result = _cli(str(path), "--max-steps", "2", "--set", "lora_r=4", "--set", "eval_fraction=0")
     assert result.returncode == 0, result.stderr
     saved = json.loads((config.output_dir / "config.json").read_text())
     assert saved["max_steps"] == 2 and saved["lora_r"] == 4 and saved["eval_fraction"] == 0
@@ -251,7 +251,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path, make_config):
     ],
 )
 def test_learning_rate_warms_up_then_follows_the_schedule(make_config, schedule, expected):
-    from ragtune.finetune.trainer import lr_factor
+    from ragtune.finetune.backends import lr_factor
 
     factor = lr_factor(make_config(schedule=schedule, warmup_steps=3, max_steps=5))
     assert [round(factor(step), 6) for step in range(6)] == expected

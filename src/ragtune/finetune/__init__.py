@@ -1,12 +1,14 @@
 """QLoRA fine-tuning of the answering model (``ragtune finetune``).
 
-Stages: `batching` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
-examples in the generator's own prompt), `qlora` (NF4/bitsandbytes base + PEFT LoRA),
-`trainer` (the loop: exact accumulation, checkpoints), `deepspeed` (processes and the
+Stages: `batch_plan` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
+examples in the generator's own prompt, built once per run), `qlora` (NF4/bitsandbytes
+base + PEFT LoRA), `trainer` (the `Trainer` recipe: the loop, exact accumulation),
+`backends` (plain PyTorch or DeepSpeed under the loop), `checkpoint` (layout and resume
+checks), `metrics_log` (metrics.jsonl, loss.png), `deepspeed` (processes and the
 DeepSpeed config), `export` (merge).
 """
 
-from ragtune.finetune.batching import BatchPlan, BatchPlanError, plan_batch
+from ragtune.finetune.batch_plan import BatchPlan, BatchPlanError, plan_batch
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 
 __all__ = ["BatchPlan", "BatchPlanError", "ConfigError", "FinetuneConfig", "plan_batch", "train"]

@@ -1,23 +1,26 @@
 """``ragtune finetune ...``: QLoRA fine-tuning on the command line.
 
     ragtune finetune configs/finetune-smollm2.yaml --max-steps 200   # flags override the file
+    ragtune finetune configs/finetune-smollm2.yaml --set lora_r=8 --set eval_every=20   # any other key
     ragtune finetune configs/finetune-smollm2.yaml --resume          # continue from the last checkpoint
     ragtune finetune plan --global-batch 128 --micro-batch 4 --devices 1
     ragtune finetune merge runs/smollm2-rag/adapter --out runs/smollm2-rag/merged
     torchrun --nproc_per_node 2 -m ragtune.cli finetune CONFIG.yaml --deepspeed 2
 
-A first argument that is not one of the subcommands is the config file of a run.
+A first argument that is not one of the subcommands is the config file of a run. The
+settings themselves are defined once, in `FinetuneConfig`: ``--set KEY=VALUE`` reaches
+every key, and the few flags kept for the common ones take their help from it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import typer
 from typer.core import TyperGroup
 
-DEFAULT_MODEL_CACHE = Path("~/.cache/ragtune/models").expanduser()
+from ragtune.finetune.config import FinetuneConfig
 
 __all__ = ["finetune_app"]
 
@@ -33,7 +36,7 @@ class _RunByDefault(TyperGroup):
 
 finetune_app = typer.Typer(
     cls=_RunByDefault,
-    help="QLoRA fine-tuning of the answering model: ragtune finetune CONFIG.yaml, flags override its keys.",
+    help="QLoRA fine-tuning of the answering model: ragtune finetune CONFIG.yaml; flags and --set KEY=VALUE override its keys.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -44,17 +47,31 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _key_help(key: str, default: bool = True) -> str:
+    """A flag's help from the `FinetuneConfig` field it sets: description, choices, default."""
+    field = FinetuneConfig.model_fields[key]
+    text = (field.description or key.replace("_", " ")).rstrip(".")
+    if get_origin(field.annotation) is Literal:
+        text += ": " + " | ".join(map(str, get_args(field.annotation)))
+    return f"{text[:1].upper()}{text[1:]}." + (f" Config key {key}, default {field.default!r}." if default else "")
+
+
+def _config_flag(key: str) -> Any:
+    """The typer option of a flag that overrides config key ``key`` (None: keep the file's value)."""
+    return typer.Option(help=_key_help(key), show_default=False)
+
+
 @finetune_app.command("plan")
 def plan(
-    global_batch: Annotated[int | None, typer.Option(help="Examples per optimizer step, over all devices.")] = None,
-    micro_batch: Annotated[int | None, typer.Option(help="Examples per forward/backward pass on one device.")] = None,
-    grad_accum_steps: Annotated[int | None, typer.Option(help="Micro-batches accumulated per optimizer step.")] = None,
+    global_batch: Annotated[int | None, typer.Option(help=_key_help("global_batch", default=False))] = None,
+    micro_batch: Annotated[int | None, typer.Option(help=_key_help("micro_batch", default=False))] = None,
+    grad_accum_steps: Annotated[int | None, typer.Option(help=_key_help("grad_accum_steps", default=False))] = None,
     devices: Annotated[int, typer.Option(help="Data-parallel processes (GPUs).")] = 1,
 ) -> None:
     """Derive the missing one of global batch, micro batch and accumulation steps (or check all three)."""
     import json
 
-    from ragtune.finetune.batching import BatchPlanError, plan_batch
+    from ragtune.finetune.batch_plan import BatchPlanError, plan_batch
 
     try:
         result = plan_batch(global_batch, micro_batch, grad_accum_steps, devices)
@@ -85,33 +102,18 @@ def run(
     config_file: Annotated[
         Path | None, typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False)
     ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Base model: HF directory or .gguf ('' = SmolLM2-135M-Instruct).")
-    ] = None,
-    data: Annotated[
-        str | None, typer.Option(help="JSONL of {question, answer, context?} or a BEIR dataset directory.")
-    ] = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Checkpoints, logs and output_dir/adapter go here.")] = None,
-    global_batch: Annotated[int | None, typer.Option()] = None,
-    micro_batch: Annotated[int | None, typer.Option()] = None,
-    grad_accum_steps: Annotated[int | None, typer.Option()] = None,
-    devices: Annotated[int | None, typer.Option(help="Must equal the launcher's process count.")] = None,
-    max_steps: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    warmup_steps: Annotated[int | None, typer.Option()] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    shuffle: Annotated[bool | None, typer.Option("--shuffle/--no-shuffle")] = None,
-    max_seq_len: Annotated[int | None, typer.Option()] = None,
-    lora_r: Annotated[int | None, typer.Option()] = None,
-    lora_alpha: Annotated[float | None, typer.Option()] = None,
-    lora_dropout: Annotated[float | None, typer.Option()] = None,
-    target_modules: Annotated[str | None, typer.Option(help="Comma-separated, e.g. q_proj,v_proj.")] = None,
-    quant: Annotated[str | None, typer.Option(help="nf4 | bnb | none")] = None,
-    deepspeed: Annotated[int | None, typer.Option(help="ZeRO stage 1-3 (0 = plain PyTorch).")] = None,
-    offload_optimizer: Annotated[str | None, typer.Option(help="none | cpu")] = None,
-    offload_params: Annotated[str | None, typer.Option(help="none | cpu (ZeRO-3)")] = None,
-    save_every: Annotated[int | None, typer.Option()] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Any other config key: --set eval_every=20.")] = [],  # noqa: B006
+    max_steps: Annotated[int | None, _config_flag("max_steps")] = None,
+    deepspeed: Annotated[int | None, _config_flag("deepspeed")] = None,
+    offload_optimizer: Annotated[str | None, _config_flag("offload_optimizer")] = None,
+    offload_params: Annotated[str | None, _config_flag("offload_params")] = None,
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any config key, the value in YAML: --set lora_r=8 --set eval_every=20.",
+        ),
+    ] = [],  # noqa: B006
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the newest checkpoint in output_dir.")
     ] = False,
@@ -120,39 +122,18 @@ def run(
     ] = False,
 ) -> None:
     """Fine-tune the answering model with QLoRA; the adapter lands in output_dir/adapter."""
-    from ragtune.finetune.batching import BatchPlanError
-    from ragtune.finetune.config import ConfigError, FinetuneConfig
+    from ragtune.finetune.batch_plan import BatchPlanError
+    from ragtune.finetune.config import ConfigError
     from ragtune.finetune.data import DataError
 
-    overrides = {
-        "model": model,
-        "data": data,
-        "output_dir": output_dir,
-        "global_batch": global_batch,
-        "micro_batch": micro_batch,
-        "grad_accum_steps": grad_accum_steps,
-        "devices": devices,
+    flags = {
         "max_steps": max_steps,
-        "lr": lr,
-        "warmup_steps": warmup_steps,
-        "seed": seed,
-        "shuffle": shuffle,
-        "max_seq_len": max_seq_len,
-        "lora_r": lora_r,
-        "lora_alpha": lora_alpha,
-        "lora_dropout": lora_dropout,
-        "target_modules": [m.strip() for m in target_modules.split(",") if m.strip()]
-        if target_modules is not None
-        else None,
-        "quant": quant,
         "deepspeed": deepspeed,
         "offload_optimizer": offload_optimizer,
         "offload_params": offload_params,
-        "save_every": save_every,
-        **_parse_set(set_),
     }
     try:
-        config = FinetuneConfig.load(config_file, overrides)
+        config = FinetuneConfig.load(config_file, {**flags, **_parse_set(set_)})
         from ragtune.finetune.trainer import train
 
         result = train(config, resume=resume, merge=merge)
@@ -167,7 +148,9 @@ def merge(
     adapter: Annotated[Path, typer.Argument(help="A PEFT adapter directory (output_dir/adapter).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Where the merged HF model directory goes.")],
     model: Annotated[str | None, typer.Option(help="Base model; default: the one the adapter was trained on.")] = None,
-    cache_dir: Annotated[Path, typer.Option(help="Where converted GGUF models are cached.")] = DEFAULT_MODEL_CACHE,
+    cache_dir: Annotated[
+        Path, typer.Option(help="Where converted GGUF models are cached.")
+    ] = FinetuneConfig.model_fields["cache_dir"].default,
 ) -> None:
     """Fold a LoRA adapter into its dense base weights: a plain transformers model directory."""
     import json

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ragtune.finetune.batching import BatchPlan, plan_batch
+from ragtune.finetune.batch_plan import BatchPlan, plan_batch
 
 __all__ = ["ConfigError", "FinetuneConfig"]
 
@@ -39,13 +39,17 @@ class FinetuneConfig(BaseModel):
     model: str = ""
     data: str
     output_dir: Path = Path("runs/finetune")
-    # batch plan (ragtune.finetune.batching): global = micro × devices × accumulation
-    global_batch: int | None = Field(None, ge=1)
-    micro_batch: int | None = Field(None, ge=1, description="default 4 when fewer than two are given")
-    grad_accum_steps: int | None = Field(None, ge=1)
+    # batch plan (ragtune.finetune.batch_plan): global = micro × devices × accumulation
+    global_batch: int | None = Field(None, ge=1, description="examples per optimizer step, over all devices")
+    micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="examples per forward/backward pass on one device; default 4 when fewer than two batch numbers are given",
+    )
+    grad_accum_steps: int | None = Field(None, ge=1, description="micro-batches accumulated per optimizer step")
     devices: int | None = Field(None, ge=1, description="processes; default: the launcher's WORLD_SIZE")
     # optimisation
-    max_steps: int = Field(100, ge=1)
+    max_steps: int = Field(100, ge=1, description="optimizer steps to train (a resumed run may change it)")
     lr: float = Field(2e-4, gt=0)
     warmup_steps: int = Field(10, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
@@ -69,9 +73,13 @@ class FinetuneConfig(BaseModel):
     dtype: Literal["auto", "fp32", "bf16"] = "auto"  # auto: fp32 on CPU, bf16 on GPU
     gradient_checkpointing: bool = False
     # distributed
-    deepspeed: int = Field(0, ge=0, le=3)
-    offload_optimizer: Literal["none", "cpu"] = "none"
-    offload_params: Literal["none", "cpu"] = "none"
+    deepspeed: int = Field(0, ge=0, le=3, description="0 = plain PyTorch; 1-3 = DeepSpeed ZeRO stage")
+    offload_optimizer: Literal["none", "cpu"] = Field(
+        "none", description="ZeRO-Offload of the optimizer state to the CPU (deepspeed 1-3)"
+    )
+    offload_params: Literal["none", "cpu"] = Field(
+        "none", description="ZeRO-3 offload of the parameters to the CPU (deepspeed 3)"
+    )
     # checkpoints and logs
     save_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
     log_every: int = Field(1, ge=1)

@@ -12,6 +12,10 @@ the generator's prompt, target = the short answer and its citation.
 3. `tokenize_example` renders the prompt with the generator's template
    (`render_prompt`, so packing and truncation match inference) and masks it out of the
    loss: labels are -100 everywhere but the target tokens.
+4. `prepare_examples` is what a training run calls: rank 0 builds the examples once
+   (retrieving through `open_retriever`) and caches them in ``output_dir``; every process
+   tokenizes them and splits off the held-out share. `StepSampler` then deals them out,
+   one global batch per optimizer step.
 
     >>> ex = QAExample("Who created Milvus?", "Zilliz", "Milvus was created by Zilliz.")
     >>> [rag] = build_rag_examples([ex], retrieve=None, top_k=1)
@@ -24,24 +28,34 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ragtune.eval.metrics import normalize_answer
+from ragtune.finetune.config import ConfigError, FinetuneConfig
+from ragtune.finetune.deepspeed import Processes, all_sum
 from ragtune.generate.prompts import render_prompt, render_target
 from ragtune.types import Hit
+
+if TYPE_CHECKING:
+    from ragtune.system import System
 
 __all__ = [
     "DataError",
     "QAExample",
     "RagExample",
+    "StepSampler",
     "TokenizedExample",
     "build_rag_examples",
     "collate",
+    "open_retriever",
+    "prepare_examples",
     "read_examples",
     "tokenize_example",
 ]
@@ -281,3 +295,114 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
         attention_mask[row, length - n :] = 1
     position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "position_ids": position_ids}
+
+
+# --- a training run's examples ---------------------------------------------------------
+
+
+@contextmanager
+def open_retriever(config: FinetuneConfig) -> Iterator[Retrieve | None]:
+    """Retrieval for building prompts: a BEIR dataset's corpus indexed in a scratch store,
+    or the ragtune index named by ``config.index``; None for plain JSONL."""
+    from ragtune.config import Settings
+
+    data = Path(config.data).expanduser()
+    if data.is_dir():
+        from ragtune.eval.datasets import load_beir
+        from ragtune.eval.runner import indexed_dataset
+
+        opened: AbstractContextManager[System] = indexed_dataset(load_beir(data), Settings(), generator=False)
+    elif config.index:
+        from ragtune.system import build
+
+        opened = build(Settings(data_dir=Path(config.index).expanduser()), generator=False)
+    else:
+        yield None
+        return
+    with opened as system:
+
+        def retrieve(questions: list[str], top_k: int) -> list[list[Hit]]:
+            return system.retriever.run_many(questions, top_k=top_k)
+
+        yield retrieve
+
+
+def _build_on_rank_0(config: FinetuneConfig, processes: Processes) -> Path:
+    """Rank 0 builds the RAG examples into output_dir/examples.jsonl unless a build from the
+    same data and options is there; every process returns its path once it is (or raises
+    rank 0's error)."""
+    cache = config.output_dir / "examples.jsonl"
+    stamp = config.output_dir / "examples.fingerprint"
+    failure: DataError | None = None
+    # Only rank 0 builds, so only it reads the data to fingerprint it.
+    fingerprint = data_fingerprint(config.data, config.top_k, config.index, config.seed) if processes.is_main else ""
+    if processes.is_main and not (cache.is_file() and stamp.is_file() and stamp.read_text() == fingerprint):
+        try:
+            raw = read_examples(config.data)
+            with open_retriever(config) as retrieve:
+                built = build_rag_examples(raw, retrieve, config.top_k, config.seed)
+            save_rag_examples(built, cache)
+            stamp.write_text(fingerprint)
+            print(
+                f"built {len(built)} RAG examples from {len(raw)} rows of {config.data} -> {cache}",
+                file=sys.stderr,
+                flush=True,
+            )
+        except DataError as exc:
+            failure = exc
+    # The other processes wait for rank 0 here: tell them when it failed, or they wait forever.
+    if all_sum([float(failure is not None)], processes)[0]:
+        raise failure or DataError(f"rank 0 could not build the examples from {config.data}; see its message")
+    return cache
+
+
+def prepare_examples(
+    config: FinetuneConfig, tokenizer: Any, processes: Processes
+) -> tuple[list[TokenizedExample], list[TokenizedExample], dict[str, int]]:
+    """Build (once, on rank 0, cached in output_dir) and tokenize the RAG-shaped examples;
+    split off the held-out evaluation share (seeded). Returns (train, eval, counts)."""
+    rag = load_rag_examples(_build_on_rank_0(config, processes))
+    tokenized = [tokenize_example(e, tokenizer, config.max_seq_len) for e in rag]
+    kept = [t for t in tokenized if t is not None]
+    if not kept:
+        raise ConfigError(f"no example fits max_seq_len {config.max_seq_len} with its cited chunk; raise max_seq_len")
+    order = list(range(len(kept)))
+    random.Random(config.seed).shuffle(order)
+    n_eval = min(len(kept) - 1, round(len(kept) * config.eval_fraction)) if config.eval_fraction else 0
+    eval_ids, train_ids = set(order[:n_eval]), order[n_eval:]
+    train_set = [kept[i] for i in sorted(train_ids)]
+    eval_set = [kept[i] for i in sorted(eval_ids)]
+    counts = {"built": len(rag), "too_long": len(rag) - len(kept), "train": len(train_set), "eval": len(eval_set)}
+    return train_set, eval_set, counts
+
+
+class StepSampler:
+    """Which examples each optimizer step gets: a fresh permutation every epoch (seeded by
+    ``seed + epoch``), consumed ``global_batch`` at a time. Its state is two integers, so a
+    resumed run continues with exactly the examples the interrupted one would have seen."""
+
+    def __init__(self, size: int, global_batch: int, seed: int, shuffle: bool) -> None:
+        self.size, self.global_batch, self.seed, self.shuffle = size, global_batch, seed, shuffle
+        self.epoch, self.cursor = 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.size))
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+
+    def next_step(self) -> list[int]:
+        chosen: list[int] = []
+        while len(chosen) < self.global_batch:
+            order = self._order(self.epoch)
+            take = order[self.cursor : self.cursor + self.global_batch - len(chosen)]
+            chosen += take
+            self.cursor += len(take)
+            if self.cursor >= self.size:
+                self.epoch, self.cursor = self.epoch + 1, 0
+        return chosen
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ragtune.finetune.batching import BatchPlan
+from ragtune.finetune.batch_plan import BatchPlan
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 
 __all__ = ["Processes", "all_sum", "barrier", "deepspeed_config", "init_processes"]

@@ -37,6 +37,14 @@ class TrainableModel:
     base_linear_bytes: int  # the frozen linear layers' weights as stored (NF4 codes or dense)
     base_weight_bytes: int  # all frozen weights as stored: linear layers, embeddings, norms
 
+    def describe(self, quant: str) -> str:
+        return (
+            f"model {self.base_dir.name}: quant {quant}, compute {str(self.compute_dtype).removeprefix('torch.')}, "
+            f"LoRA trains {self.trainable_params:,} parameters ({100 * self.trainable_params / self.base_params:.2f}% of "
+            f"{self.base_params:,}); frozen weights {self.base_weight_bytes / 2**20:.1f} MiB, of which linear layers "
+            f"{self.base_linear_bytes / 2**20:.1f} MiB"
+        )
+
 
 def compute_dtype(config: FinetuneConfig, device: torch.device) -> torch.dtype:
     if config.dtype == "auto":
@@ -127,11 +135,15 @@ def _load_base(config: FinetuneConfig, base_dir: Path, device: torch.device, dty
         from ragtune.quant import replace_linear_with_nf4
 
         # NF4 quantizes from the fp32 weights; the rest of the model then moves to `dtype`.
-        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+        # (Typed as the nn.Module it is: transformers wraps PreTrainedModel.to in functools.wraps,
+        # which mypy cannot bind to an instance.)
+        model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=torch.float32, local_files_only=True
+        )
         replace_linear_with_nf4(model, compute_dtype=dtype)
         return model.to(device=device, dtype=dtype)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
-    return model.to(device)
+    dense: torch.nn.Module = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, local_files_only=True)
+    return dense.to(device)
 
 
 def load_trainable_model(config: FinetuneConfig, device: torch.device) -> TrainableModel:
@@ -152,7 +164,8 @@ def load_trainable_model(config: FinetuneConfig, device: torch.device) -> Traina
 
     lora = LoraConfig(
         r=config.lora_r,
-        lora_alpha=config.lora_alpha,
+        # PEFT annotates lora_alpha as int, but scales by lora_alpha / r and takes any number.
+        lora_alpha=config.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=config.lora_dropout,
         target_modules=list(config.target_modules),
         bias="none",

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ragtune.finetune.batching import BatchPlanError, plan_batch
+from ragtune.finetune.batch_plan import BatchPlanError, plan_batch
 
 
 def test_the_seeds_examples():
