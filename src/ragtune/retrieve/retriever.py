@@ -93,7 +93,8 @@ class Retriever:
             raise ValueError(f"top_k must be greater than 0; got {top_k}")
         if mode not in MODE_RANKINGS:
             raise ValueError(f"mode must be one of {', '.join(MODE_RANKINGS)}; got {mode!r}")
-        queries = [check_question(q) for q in queries]
+        for query in queries:
+            check_question(query)  # an empty one is refused; the text is searched as given
         rankings = MODE_RANKINGS[mode]
         depth = max(top_k, self.settings.candidates) if (len(rankings) > 1 or self.reranker) else top_k
         searched = {ranking: self._search(ranking, queries, depth, filters) for ranking in rankings}
