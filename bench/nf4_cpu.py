@@ -72,8 +72,9 @@ def main() -> None:
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
 
+    from ragtune.quant.dispatch import Backend, decode_backend, dequantize_nf4
     from ragtune.quant.linear import NF4Linear
-    from ragtune.quant.nf4 import dequantize_nf4, native_decoder, quantize_nf4
+    from ragtune.quant.nf4 import quantize_nf4
 
     try:
         import torchao
@@ -154,6 +155,7 @@ def main() -> None:
         )
         ratios["forward: torchao linear_nf4 / dense fp32 GEMM"] = ms["forward torchao linear_nf4"] / gemm
 
+    native_ran = decode_backend(torch.device("cpu")) is Backend.NATIVE
     machine = {
         "cpu": cpu_name(),
         "torch": torch.__version__,
@@ -162,7 +164,7 @@ def main() -> None:
         "logical_cpus": os.cpu_count(),
         "bitsandbytes": bnb.__version__,
         "torchao": torchao_version or "not installed",
-        "ragtune_cpu_decode": "native C kernel" if native_decoder() is not None else "eager PyTorch",
+        "ragtune_cpu_decode": "native C kernel" if native_ran else "eager PyTorch",
         "loadavg_1min_before_after": [round(load_before, 2), round(load_after, 2)],
         "other_processes_cpu_cores_during_run": round(others, 2),
         "python": sys.version.split()[0],

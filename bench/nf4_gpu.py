@@ -149,8 +149,9 @@ def main() -> None:
     import bitsandbytes as bnb
     import bitsandbytes.functional as bnbf
 
+    from ragtune.quant.dispatch import dequantize_nf4
     from ragtune.quant.linear import NF4Linear
-    from ragtune.quant.nf4 import dequantize_nf4, quantize_nf4
+    from ragtune.quant.nf4 import quantize_nf4
 
     timer = Timer(dev, args.repeats)
     n = args.size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,33 @@ def tiny_lm_dir(tmp_path: Path) -> Path:
     return save_tiny_causal_lm(tmp_path / "tiny-llama")
 
 
+def switch_off_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set ``RAGTUNE_NF4_NATIVE=0`` for the rest of the test, as a user sets it before starting
+    Python (the dispatch reads it once per process, so its decision is forgotten here)."""
+    from ragtune.quant.dispatch import NATIVE_SWITCH, native_enabled
+
+    monkeypatch.setenv(NATIVE_SWITCH, "0")
+    native_enabled.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _native_decision_follows_the_environment() -> Iterator[None]:
+    """After each test the dispatch decides again, so a switch set in one test ends with it."""
+    from ragtune.quant.dispatch import native_enabled
+
+    yield
+    native_enabled.cache_clear()
+
+
 @pytest.fixture(params=["native", "eager"])
 def decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test with the C decode kernel and again with the eager PyTorch decode."""
-    from ragtune.quant import linear, nf4
+    """Run a test with the C decode kernel and again with the eager PyTorch decode, switched
+    the way a user switches it (``RAGTUNE_NF4_NATIVE=0``)."""
+    from ragtune.quant.dispatch import Backend, decode_backend
 
     if request.param == "native":
-        if nf4.native_decoder() is None:
-            pytest.skip("no C compiler here: only the eager decode runs")
+        if decode_backend(torch.device("cpu")) is not Backend.NATIVE:
+            pytest.skip("no C compiler here (or RAGTUNE_NF4_NATIVE=0): only the eager decode runs")
     else:
-        monkeypatch.setattr(nf4, "native_decoder", lambda: None)
-        monkeypatch.setattr(linear, "native_decoder", lambda: None)
+        switch_off_native(monkeypatch)
     return request.param

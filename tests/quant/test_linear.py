@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ragtune.quant import linear as linear_mod
+from ragtune.quant import dispatch
 from ragtune.quant.linear import (
     NF4Linear,
     add_nf4_to_lora_config,
@@ -42,8 +42,8 @@ def test_forward_and_input_gradient_match_the_dense_weight(
     # kernel: the C decode-and-multiply for every row count where the weight allows it
     # (in_features % blocksize == 0; 51 outputs leave a partial panel and an odd row);
     # else decoded tiles, where tile=64 forces many tiny tiles whose blocks straddle rows
-    monkeypatch.setattr(linear_mod, "_KERNEL_ROWS_PER_THREAD", 1 << 20 if kernel else 0)
-    monkeypatch.setattr(linear_mod, "_TILE_ELEMENTS", tile)
+    monkeypatch.setattr(dispatch, "_KERNEL_ROWS_PER_THREAD", 1 << 20 if kernel else 0)
+    monkeypatch.setattr(dispatch, "_TILE_ELEMENTS", tile)
     dense = nn.Linear(in_features, out_features, bias=bias)
     layer = NF4Linear.from_linear(dense, blocksize=blocksize)
     w = layer.dequantize()

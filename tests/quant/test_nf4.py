@@ -1,4 +1,5 @@
-"""The NF4 codec: derived table, blockwise codes, double quantization, bitsandbytes parity."""
+"""The NF4 codec and its kernels: derived table, blockwise codes, double quantization,
+bitsandbytes parity, the C and Triton decodes against the eager one."""
 
 from __future__ import annotations
 
@@ -12,16 +13,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ragtune.quant import nf4
+from ragtune.quant.dispatch import Backend, decode_backend, dequantize_nf4, native_enabled
+from ragtune.quant.kernels import native
 from ragtune.quant.nf4 import (
+    DYNAMIC_MAP_8BIT,
     NF4_TABLE,
     NF4QuantState,
     bits_per_parameter,
-    dequantize_nf4,
     derive_nf4_table,
     dynamic_map_8bit,
     quantize_nf4,
 )
+
+from .conftest import switch_off_native
 
 bnbf = pytest.importorskip("bitsandbytes.functional")
 
@@ -51,6 +55,7 @@ def test_table_depends_on_the_offset() -> None:
 
 def test_dynamic_map_equals_bitsandbytes() -> None:
     assert torch.equal(dynamic_map_8bit(), bnbf.create_dynamic_map(signed=True))
+    assert torch.equal(DYNAMIC_MAP_8BIT, dynamic_map_8bit())
 
 
 CASES = [
@@ -196,7 +201,7 @@ def test_bad_inputs_are_named() -> None:
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 7, 33])  # every row tail of the 4-row tiles
 def test_decode_and_multiply_kernel_matches_decode_then_matmul(rows: int) -> None:
-    if nf4.native_decoder() is None:
+    if native.native_decoder() is None:
         pytest.skip("no C compiler here: NF4Linear decodes tiles with eager ops")
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # 512x512 codes are 128 KiB: split over both threads
@@ -204,7 +209,7 @@ def test_decode_and_multiply_kernel_matches_decode_then_matmul(rows: int) -> Non
         for out_features, in_features, blocksize in [(512, 512, 64), (37, 96, 32), (3, 4096, 4096)]:
             packed, state = quantize_nf4(torch.randn(out_features, in_features), blocksize)
             x = torch.randn(rows, in_features)
-            got = nf4.linear_native(x, packed, state.block_absmax(), blocksize, out_features)
+            got = native.linear_native(x, packed, state.block_absmax(), blocksize, out_features)
             if got is None:
                 pytest.skip("this CPU lacks AVX2/FMA: NF4Linear decodes tiles instead")
             expected = x @ dequantize_nf4(packed, state).t()
@@ -214,18 +219,18 @@ def test_decode_and_multiply_kernel_matches_decode_then_matmul(rows: int) -> Non
 
 
 def test_decode_and_multiply_kernel_refuses_what_it_cannot_do() -> None:
-    if nf4.native_decoder() is None:
+    if native.native_decoder() is None:
         pytest.skip("no C compiler here")
     with pytest.raises(ValueError, match="blocksize"):  # 2-weight blocks would read past x's rows
-        nf4.linear_native(torch.randn(1, 2), torch.zeros(1, dtype=torch.uint8), torch.ones(1), 2, 1)
+        native.linear_native(torch.randn(1, 2), torch.zeros(1, dtype=torch.uint8), torch.ones(1), 2, 1)
     packed, state = quantize_nf4(torch.randn(8, 96), 64)
     # rows of 96 weights do not start on 64-weight blocks: the caller decodes tiles instead
-    assert nf4.linear_native(torch.randn(2, 96), packed, state.block_absmax(), 64, 8) is None
+    assert native.linear_native(torch.randn(2, 96), packed, state.block_absmax(), 64, 8) is None
     packed, state = quantize_nf4(torch.randn(8, 64), 64)
     with pytest.raises(ValueError, match="do not hold a"):
-        nf4.linear_native(torch.randn(2, 64), packed[:-1], state.block_absmax(), 64, 8)
+        native.linear_native(torch.randn(2, 64), packed[:-1], state.block_absmax(), 64, 8)
     with pytest.raises(ValueError, match="float32"):
-        nf4.linear_native(torch.randn(2, 64, dtype=torch.float64), packed, state.block_absmax(), 64, 8)
+        native.linear_native(torch.randn(2, 64, dtype=torch.float64), packed, state.block_absmax(), 64, 8)
 
 
 @pytest.mark.parametrize("default_dtype", [torch.float64, torch.float16])
@@ -252,9 +257,9 @@ def interpreted_triton(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     kernel on CPU tensors (numpy underneath): its indexing and masks checked without a GPU."""
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    sys.modules.pop("ragtune.quant.nf4_triton", None)
-    yield importlib.import_module("ragtune.quant.nf4_triton")
-    sys.modules.pop("ragtune.quant.nf4_triton", None)
+    sys.modules.pop("ragtune.quant.kernels.nf4_triton", None)
+    yield importlib.import_module("ragtune.quant.kernels.nf4_triton")
+    sys.modules.pop("ragtune.quant.kernels.nf4_triton", None)
 
 
 @pytest.mark.parametrize("double_quant", [False, True])
@@ -294,10 +299,11 @@ def test_triton_decode_refuses_constants_that_do_not_cover_the_weights(interpret
 
 @pytest.fixture
 def fresh_native_decoder() -> Iterator[Callable[[], object]]:
-    """Forget the built kernel before and after, so a test can watch it being built."""
-    nf4.native_decoder.cache_clear()
-    yield nf4.native_decoder
-    nf4.native_decoder.cache_clear()
+    """Forget the built kernel and the dispatch's decision, so a test can watch them being made."""
+    native.native_decoder.cache_clear()
+    native_enabled.cache_clear()
+    yield native.native_decoder
+    native.native_decoder.cache_clear()
 
 
 def _fail(*args: object, **kwargs: object) -> None:
@@ -309,35 +315,39 @@ def test_without_a_working_c_compiler_the_eager_decode_runs(
     monkeypatch: pytest.MonkeyPatch, fresh_native_decoder: Callable[[], object], broken: str
 ) -> None:
     if broken == "no compiler":
-        monkeypatch.setattr(nf4.shutil, "which", lambda name: None)
+        monkeypatch.setattr(native.shutil, "which", lambda name: None)
     elif broken == "compile error":
-        monkeypatch.setattr(nf4.subprocess, "run", _fail)
+        monkeypatch.setattr(native.subprocess, "run", _fail)
     else:
-        monkeypatch.setenv("RAGTUNE_NF4_NATIVE", "0")
-    assert fresh_native_decoder() is None
+        switch_off_native(monkeypatch)
+    assert decode_backend(torch.device("cpu")) is Backend.EAGER
     w = torch.randn(300, 64)
     packed, state = quantize_nf4(w, 64, double_quant=False)
     ref_packed, ref = bnbf.quantize_4bit(w, blocksize=64, quant_type="nf4")
     assert torch.equal(dequantize_nf4(packed, state), bnbf.dequantize_4bit(ref_packed, ref))
+    if broken == "switched off":
+        assert native.native_decoder.cache_info().currsize == 0  # nothing was compiled
+    else:
+        assert fresh_native_decoder() is None
 
 
 def test_native_decode_splits_over_threads_like_the_eager_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    if nf4.native_decoder() is None:
+    if native.native_decoder() is None:
         pytest.skip("no C compiler here")
     # three threads, a ragged last block and an odd number of weights
-    monkeypatch.setattr(nf4.torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
     w = torch.randn(3 * 2**17 + 77)
     packed, state = quantize_nf4(w, 128, double_quant=True)
-    native = dequantize_nf4(packed, state)
-    monkeypatch.setattr(nf4, "native_decoder", lambda: None)
-    assert torch.equal(native, dequantize_nf4(packed, state))
+    decoded = dequantize_nf4(packed, state)
+    switch_off_native(monkeypatch)
+    assert torch.equal(decoded, dequantize_nf4(packed, state))
 
 
 def test_native_decode_checks_what_the_kernel_will_touch() -> None:
-    if nf4.native_decoder() is None:
+    if native.native_decoder() is None:
         pytest.skip("no C compiler here")
     packed, state = quantize_nf4(torch.randn(256), 64, double_quant=False)
     with pytest.raises(ValueError, match="need 4 absmax values; got 3"):
-        nf4.decode_native(packed, state.absmax[:3], 64, torch.empty(256))
+        native.decode_native(packed, state.absmax[:3], 64, torch.empty(256))
     with pytest.raises(ValueError, match="two values per packed byte"):
-        nf4.decode_native(packed, state.absmax, 64, torch.empty(255))
+        native.decode_native(packed, state.absmax, 64, torch.empty(255))

@@ -1,5 +1,7 @@
 """NF4Linear: a frozen linear layer stored in NF4, and whole-model conversion, save and load.
 
+Which kernel decodes and multiplies the weight is :mod:`ragtune.quant.dispatch`'s choice.
+
 >>> import torch
 >>> from ragtune.quant.linear import NF4Linear
 >>> dense = torch.nn.Linear(128, 64)
@@ -15,8 +17,7 @@ torch.Size([2, 128])
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ragtune.quant.nf4 import (
-    DQ_BLOCKSIZE,
-    NF4_BYTE_LUT,
-    NF4QuantState,
-    check_blocksize,
-    decode_native,
-    dequantize_nf4,
-    dequantize_packed_rows,
-    linear_native,
-    native_decoder,
-    quantize_nf4,
-)
+from ragtune.quant.dispatch import dequantize_nf4, linear_forward, linear_input_grad
+from ragtune.quant.nf4 import DQ_BLOCKSIZE, NF4QuantState, check_blocksize, quantize_nf4
 
 __all__ = [
     "NF4Linear",
@@ -50,23 +41,6 @@ __all__ = [
 DEFAULT_SKIP = ("lm_head",)
 MANIFEST = "nf4.json"
 WEIGHTS = "model.safetensors"
-
-# Weights decoded per tile (8 MiB in fp32). Measured on the 2-core dev machine: larger
-# tiles mean fewer ops, each with a fixed dispatch and thread-sync cost, and beat
-# L2-sized ones until the tile no longer fits the last-level cache (with the C decode
-# too: 2 threads, 2M weights 7.8 ms, 512K 9.4 ms).
-_TILE_ELEMENTS = 1 << 21
-
-# Up to this many input rows per torch thread the forward multiplies inside the C decode
-# kernel (linear_native); more rows are faster as decoded tiles times torch.mm, whose GEMM
-# outruns the kernel's AVX2 loop once the serial tile decode is amortised. Measured on
-# 4096x4096 weights against dense F.linear: 2 threads, 16 rows 1.05x (tiles 1.66x), 24 rows
-# 1.25x (1.53x), 32 rows 1.52x (1.43x); 1 thread, 5 rows 1.02x (1.77x), 16 rows 1.03x (0.89x).
-_KERNEL_ROWS_PER_THREAD = 12
-
-# Below this many input rows the forward computes W x^T (see _NF4Matmul.forward); measured
-# on 4096x4096 weights the two layouts cost the same at about 256 rows.
-_FEW_ROWS = 128
 
 _FP32_CONSTANTS = ("absmax", "absmax_scale", "absmax_offset")
 
@@ -227,83 +201,20 @@ class NF4Linear(nn.Module):
         }
 
 
-def _tile_decoder(
-    device: torch.device, nbytes: int, blocksize: int, native: bool
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Decode up to ``nbytes`` packed bytes (whole blocks) into one buffer reused by every tile."""
-    if native:
-        buffer = torch.empty(2 * nbytes, dtype=torch.float32, device=device)
-
-        def decode(packed: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-            # One thread: a worker thread next to the matmul's OpenMP threads, which spin
-            # between tiles, measured slower (2 threads, 8.4 vs 7.8 ms for 4096x4096).
-            decode_native(packed, scales, blocksize, buffer, threads=1)
-            return buffer
-
-        return decode
-    index = torch.empty(nbytes, dtype=torch.int32, device=device)
-    pairs = torch.empty(nbytes, dtype=torch.int64, device=device)
-    lut = NF4_BYTE_LUT.to(device)
-    return lambda packed, scales: dequantize_packed_rows(packed, scales, blocksize, index, pairs, lut)
-
-
-def _tiles(layer: NF4Linear, absmax: torch.Tensor) -> Iterable[tuple[int, int, torch.Tensor]]:
-    """Yield ``(row_start, row_stop, dense fp32 rows)``, decoded into one reused buffer.
-
-    ``absmax`` is the layer's fp32 absmax per block (``quant_state.block_absmax()``). Tiles
-    start on block boundaries, so each tile decodes whole blocks of its own.
-    """
-    k, bs = layer.in_features, layer.blocksize
-    native = layer.qweight.device.type == "cpu" and native_decoder() is not None
-    row_step = bs // math.gcd(k, bs)
-    rows = max(row_step, _TILE_ELEMENTS // k // row_step * row_step)
-    decode = _tile_decoder(layer.qweight.device, (rows * k + 1) // 2, bs, native)
-    for r0 in range(0, layer.out_features, rows):
-        r1 = min(layer.out_features, r0 + rows)
-        e0, e1 = r0 * k, r1 * k
-        values = decode(layer.qweight[e0 // 2 : -(-e1 // 2)], absmax[e0 // bs : -(-e1 // bs)])
-        yield r0, r1, values[: e1 - e0].view(r1 - r0, k)
-
-
 class _NF4Matmul(torch.autograd.Function):
     """``x @ W.T`` and its input gradient, decoding W on the fly (W is never saved)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, layer: NF4Linear) -> torch.Tensor:
         ctx.layer = layer
-        if x.device.type == "cpu" and x.dtype == torch.float32:
-            absmax = layer.quant_state.block_absmax()  # once: the kernel may decline, then tiles
-            if x.shape[0] <= _KERNEL_ROWS_PER_THREAD * torch.get_num_threads():
-                out = linear_native(x, layer.qweight, absmax, layer.blocksize, layer.out_features)
-                if out is not None:
-                    return out
-            # Row tiles of W, each used while it is still in cache. The output must be
-            # row-major: a transposed one pushes attention downstream off its fast kernels
-            # (measured: a SmolLM2 training step 1.7x slower). Few rows (decoding) are
-            # fastest as W x^T plus a small transposing copy; many rows (prefill, training)
-            # as x W^T written straight into the output's columns.
-            if x.shape[0] < _FEW_ROWS:
-                out_t = torch.empty(layer.out_features, x.shape[0], dtype=x.dtype)
-                for r0, r1, w in _tiles(layer, absmax):
-                    torch.mm(w, x.t(), out=out_t[r0:r1])
-                return out_t.t().contiguous()
-            out = torch.empty(x.shape[0], layer.out_features, dtype=x.dtype)
-            for r0, r1, w in _tiles(layer, absmax):
-                torch.mm(x, w.t(), out=out[:, r0:r1])
-            return out
-        return x @ layer.dequantize(x.dtype).t()
+        return linear_forward(x, layer.qweight, layer.quant_state)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None]:
         if not ctx.needs_input_grad[0]:
             return None, None
         layer: NF4Linear = ctx.layer
-        if grad.device.type == "cpu" and grad.dtype == torch.float32:
-            grad_x = torch.zeros(grad.shape[0], layer.in_features, dtype=grad.dtype)
-            for r0, r1, w in _tiles(layer, layer.quant_state.block_absmax()):
-                grad_x.addmm_(grad[:, r0:r1], w)
-            return grad_x, None
-        return grad @ layer.dequantize(grad.dtype), None
+        return linear_input_grad(grad, layer.qweight, layer.quant_state), None
 
 
 @dataclass

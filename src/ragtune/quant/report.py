@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ragtune.quant.dispatch import dequantize_nf4
 from ragtune.quant.linear import DEFAULT_SKIP, quantizable_linears
 from ragtune.quant.nf4 import (
     DQ_BLOCKSIZE,
     bits_per_parameter,
     check_blocksize,
     dequantize_codes,
-    dequantize_nf4,
     quantize_codes,
     quantize_nf4,
 )

@@ -5,8 +5,8 @@ double quantization: the 8-bit code, its group's fp32 scale and the offset, deco
 registers) and the two levels, and writes both weights interleaved, rounded once to the
 output dtype. One launch, no temporaries, no host synchronisation: the constants stay on
 the device. ``torch.compile`` of the same expression needed a recompile per weight shape
-and paid Dynamo's guards on every call (measured on an H200: 8x bitsandbytes' time per
-4096x4096 decode, against about 1x for this kernel; BENCHMARKS.md).
+and paid Dynamo's guards on every call, which made it several times slower than
+bitsandbytes (the H200 figures: BENCHMARKS.md, NF4, GPU).
 
 The numbers equal the eager decode bit for bit: ``map[code] * scale`` and ``+ offset``
 are rounded separately (``enable_fp_fusion=False`` forbids the fused multiply-add), as
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ragtune.quant.nf4 import _DYNAMIC_MAP, DQ_BLOCKSIZE, NF4_TABLE, check_blocksize
+from ragtune.quant.nf4 import DQ_BLOCKSIZE, DYNAMIC_MAP_8BIT, NF4_TABLE, check_blocksize
 
 __all__ = ["decode_nf4"]
 
@@ -71,7 +71,7 @@ def _decode_kernel(
 @functools.lru_cache(maxsize=8)
 def _device_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The NF4 levels and the 8-bit map on ``device``, copied there once."""
-    return NF4_TABLE.to(device), _DYNAMIC_MAP.to(device)
+    return NF4_TABLE.to(device), DYNAMIC_MAP_8BIT.to(device)
 
 
 def decode_nf4(
@@ -101,7 +101,7 @@ def decode_nf4(
         )
     levels, dq_map = _device_tables(packed.device)
     double_quant = absmax_scale is not None
-    if double_quant:
+    if absmax_scale is not None:  # double_quant, spelled so that mypy narrows the type
         if absmax_offset is None or absmax.dtype != torch.uint8 or absmax_scale.numel() < -(-n_blocks // DQ_BLOCKSIZE):
             raise ValueError("double quantization needs uint8 absmax codes, one scale per 256 of them, and the offset")
         scales, offset = absmax_scale.float().contiguous(), absmax_offset.float().reshape(1)
