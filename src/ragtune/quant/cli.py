@@ -103,7 +103,8 @@ def report(
     import torch
     from rich.console import Console
 
-    from ragtune.quant.report import build_report, perplexity_by_method
+    from ragtune.quant.perplexity import perplexity_by_method
+    from ragtune.quant.report import build_report
 
     start = time.perf_counter()
     rep = build_report(lm, name, blocksize=blocksize, skip=skip, limit=limit)
