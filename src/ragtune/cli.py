@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ragtune.config import RETRIEVAL_MODES
 from ragtune.finetune.cli import finetune_app
 from ragtune.quant.cli import quantize_app
 
@@ -38,6 +39,9 @@ app.add_typer(quantize_app, name="quantize")
 app.add_typer(finetune_app, name="finetune")
 
 
+_MODES_HELP = f"{', '.join(RETRIEVAL_MODES[:-1])} or {RETRIEVAL_MODES[-1]}."
+
+
 class UsageError(Exception):
     """Bad input from the user: exit code 2."""
 
@@ -61,8 +65,6 @@ def _system(settings, generator: bool = False):  # -> System
 
 
 def _check_mode(mode: str | None) -> None:
-    from ragtune.config import RETRIEVAL_MODES
-
     if mode is not None and mode not in RETRIEVAL_MODES:
         raise UsageError(f"--mode must be one of {', '.join(RETRIEVAL_MODES)}; got {mode!r}")
 
@@ -160,7 +162,7 @@ def documents(
 def ask(
     question: Annotated[str, typer.Argument(help="The question.")],
     top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=100)] = None,
-    mode: Annotated[str | None, typer.Option(help="dense, bm25 or hybrid.")] = None,
+    mode: Annotated[str | None, typer.Option(help=_MODES_HELP)] = None,
     source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Answer, citations and timings as JSON.")] = False,
@@ -212,7 +214,7 @@ def _dataset_dir(path: Path) -> Path:
 @eval_app.command("retrieval")
 def eval_retrieval(
     dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder.")],
-    mode: Annotated[str, typer.Option(help="dense, bm25 or hybrid.")] = "hybrid",
+    mode: Annotated[str, typer.Option(help=_MODES_HELP)] = "hybrid",
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N queries.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -234,7 +236,7 @@ def eval_retrieval(
 def eval_answers(
     dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder whose queries carry 'answers'.")],
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N questions.")] = None,
-    mode: Annotated[str | None, typer.Option(help="dense, bm25 or hybrid.")] = None,
+    mode: Annotated[str | None, typer.Option(help=_MODES_HELP)] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """SQuAD exact match and F1, citation support and abstention on unanswerable questions."""

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ragtune.config import RetrievalMode
 from ragtune.store.catalog import DocumentRecord
 from ragtune.store.jobs import Job, JobFile
 from ragtune.types import Answer, Citation, Filters, Hit
@@ -179,7 +180,7 @@ class QueryRequest(_Strict):
     # the setting); the request body limit bounds what is parsed at all.
     question: str = Field(min_length=1, examples=["How does hybrid search merge results?"])
     top_k: int | None = Field(None, ge=1, le=100, description="Chunks to retrieve; default RAGTUNE_TOP_K.")
-    mode: Literal["dense", "bm25", "hybrid"] | None = Field(None, description="Default RAGTUNE_RETRIEVAL_MODE.")
+    mode: RetrievalMode | None = Field(None, description="Default RAGTUNE_RETRIEVAL_MODE.")
     filters: QueryFilters | None = None
     stream: bool = Field(False, description="Answer as Server-Sent Events: token…, then done (this response).")
     retrieve_only: bool = Field(False, description="Return the retrieved chunks without writing an answer.")
