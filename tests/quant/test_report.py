@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ragtune.quant.perplexity import perplexity, perplexity_by_method
 from ragtune.quant.report import (
     METHODS,
     build_report,
@@ -16,8 +17,6 @@ from ragtune.quant.report import (
     fp4_levels,
     int4_levels,
     model_memory,
-    perplexity,
-    perplexity_by_method,
 )
 
 from .conftest import tiny_llama
