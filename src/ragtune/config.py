@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 RetrievalMode = Literal["dense", "bm25", "hybrid"]
@@ -185,6 +186,16 @@ class ServiceSettings(_Section):
         return _comma_separated(value)
 
 
+_SECTIONS: dict[str, type[_Section]] = {
+    "store": StoreSettings,
+    "ingest": IngestSettings,
+    "embedding": EmbeddingSettings,
+    "retrieval": RetrievalSettings,
+    "answer": AnswerSettings,
+    "llm": LLMSettings,
+    "service": ServiceSettings,
+}
+
 # The flat names, RAGTUNE_<NAME>: name -> (section, field). Top-level settings (data_dir,
 # torch_threads) are their own flat names.
 FLAT_NAMES: dict[str, tuple[str, str]] = {
@@ -311,6 +322,26 @@ class Settings(BaseSettings):
             _Nested(settings_cls, _yaml_file()),
             file_secret_settings,
         )
+
+    def flat(self, name: str) -> Any:
+        """The value behind the flat name RAGTUNE_<NAME> (``settings.flat("top_k")``)."""
+        if name in FLAT_NAMES:
+            section, field = FLAT_NAMES[name]
+            return getattr(getattr(self, section), field)
+        return getattr(self, name)
+
+    @classmethod
+    def flat_names(cls) -> list[str]:
+        """Every setting's flat name: what the Helm chart, compose and the docs use."""
+        return [name for name in cls.model_fields if name not in _SECTIONS] + list(FLAT_NAMES)
+
+    @classmethod
+    def flat_field(cls, name: str) -> FieldInfo:
+        """The field (type, default, description) behind the flat name RAGTUNE_<NAME>."""
+        if name in FLAT_NAMES:
+            section, field = FLAT_NAMES[name]
+            return _SECTIONS[section].model_fields[field]
+        return cls.model_fields[name]
 
     def resolved_milvus_uri(self) -> str:
         return self.store.milvus_uri or str(self.data_dir / "milvus.db")

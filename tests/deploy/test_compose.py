@@ -147,7 +147,7 @@ def test_ragtune_settings_are_app_settings_with_app_defaults(tmp_path: Path) -> 
     env.write_text("".join(f"{name}=x\n" for name in sorted(required)), encoding="utf-8")
     result = compose(*ALL_PROFILES, "config", "--format", "json", env_file=env)
     assert result.returncode == 0, result.stderr
-    fields = set(Settings.model_fields)
+    fields = set(Settings.flat_names())
     for name, service in json.loads(result.stdout)["services"].items():
         for key, value in (service.get("environment") or {}).items():
             if not key.startswith("RAGTUNE_"):
@@ -156,8 +156,8 @@ def test_ragtune_settings_are_app_settings_with_app_defaults(tmp_path: Path) -> 
             assert field in fields, f"{name}: {key} is not a ragtune.config.Settings field"
             if field in LAYOUT_SETTINGS:
                 continue
-            parsed = getattr(Settings(_env_file=None, **{field: value}), field)
-            assert parsed == Settings.model_fields[field].get_default(call_default_factory=True), (
+            parsed = Settings(_env_file=None, **{field: value}).flat(field)
+            assert parsed == Settings.flat_field(field).get_default(call_default_factory=True), (
                 f"{name}: {key}={value!r}"
             )
 

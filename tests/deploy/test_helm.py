@@ -309,7 +309,7 @@ def _setting_keys(data: dict) -> set[str]:
 
 
 def test_configmap_and_secret_keys_are_the_app_settings(default_render: Rendered) -> None:
-    fields = set(Settings.model_fields)
+    fields = set(Settings.flat_names())
     configmap = _setting_keys(default_render.get("ConfigMap", FULLNAME)["data"])
     secret = _setting_keys(default_render.get("Secret", FULLNAME)["stringData"])
     unknown = (configmap | secret) - fields
@@ -328,11 +328,11 @@ def test_configmap_and_secret_keys_are_the_app_settings(default_render: Rendered
 
 def app_value(name: str, text: str) -> object:
     """The value the app gets from RAGTUNE_<NAME>=text (its own validators split lists)."""
-    return getattr(Settings(_env_file=None, **{name: text}), name)
+    return Settings(_env_file=None, **{name: text}).flat(name)
 
 
 def app_default(name: str) -> object:
-    return Settings.model_fields[name].get_default(call_default_factory=True)
+    return Settings.flat_field(name).get_default(call_default_factory=True)
 
 
 def test_chart_defaults_are_the_app_defaults(default_render: Rendered) -> None:
@@ -345,7 +345,7 @@ def test_chart_defaults_are_the_app_defaults(default_render: Rendered) -> None:
             f"{key}={text!r} but the app's default is {app_default(name)!r}"
         )
     # Large numbers survive Helm's float64 values (no 5.24288e+07).
-    assert data["RAGTUNE_MAX_FILE_BYTES"] == str(Settings.model_fields["max_file_bytes"].default)
+    assert data["RAGTUNE_MAX_FILE_BYTES"] == str(Settings.flat_field("max_file_bytes").default)
 
 
 def test_schema_types_match_the_settings() -> None:
@@ -357,7 +357,7 @@ def test_schema_types_match_the_settings() -> None:
     assert set(schema["properties"]["secrets"]["properties"]) == set(values["secrets"])
     json_type = {int: "integer", float: "number", str: "string", bool: "boolean", list: "array"}
     for name, prop in config_schema["properties"].items():
-        annotation = Settings.model_fields[name].annotation
+        annotation = Settings.flat_field(name).annotation
         if typing.get_origin(annotation) is typing.Literal:
             assert prop["enum"] == list(typing.get_args(annotation)), name
         else:
