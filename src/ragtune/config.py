@@ -261,12 +261,14 @@ class _Nested(PydanticBaseSettingsSource):
 
 
 def _flat_variables(variables: dict[str, str | None]) -> dict[str, Any]:
-    prefix = "ragtune_"
-    return {
-        key.lower().removeprefix(prefix): value
-        for key, value in variables.items()
-        if key.lower().startswith(prefix) and key.lower().removeprefix(prefix) in FLAT_NAMES and value is not None
-    }
+    """The RAGTUNE_<flat name> entries of `variables` (names are case-insensitive), by flat name."""
+    found: dict[str, Any] = {}
+    for key, value in variables.items():
+        lowered = key.lower()
+        name = lowered.removeprefix("ragtune_")
+        if name != lowered and name in FLAT_NAMES and value is not None:
+            found[name] = value
+    return found
 
 
 def _yaml_file() -> dict[str, Any]:

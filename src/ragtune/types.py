@@ -5,9 +5,7 @@ pulling in another layer's code: a loader yields a `LoadedDocument` of `Section`
 chunker cuts it into `Chunk` s, the store returns `Hit` s matching `Filters`, and the
 pipeline answers with an `Answer` that holds `Citation` s.
 
-    >>> from ragtune.types import Filters, check_question, check_tags
-    >>> Filters(tags=("handbook",)).is_empty()
-    False
+    >>> from ragtune.types import check_question, check_tags
     >>> check_question("  How do I deploy?  ", max_chars=100)
     'How do I deploy?'
     >>> check_tags([" finance ", "2024"])
@@ -102,9 +100,6 @@ class Filters:
     sources: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     doc_ids: tuple[str, ...] = ()
-
-    def is_empty(self) -> bool:
-        return not (self.sources or self.tags or self.doc_ids)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ defines its `Format`, plus one line in `FORMATS`.
 
 from __future__ import annotations
 
-from ragtune.ingest.formats.base import DEFAULT_MAX_UNCOMPRESSED_BYTES, Format, Limits, LoaderError, decode_text
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, decode_text
 from ragtune.ingest.formats.docx import DOCX
 from ragtune.ingest.formats.html import HTML, MARKDOWN
 from ragtune.ingest.formats.pdf import PDF
@@ -22,7 +22,6 @@ FORMATS: tuple[Format, ...] = (TEXT, MARKDOWN, HTML, PDF, DOCX)
 SUPPORTED_EXTENSIONS = frozenset(ext for fmt in FORMATS for ext in fmt.extensions)
 
 __all__ = [
-    "DEFAULT_MAX_UNCOMPRESSED_BYTES",
     "DOCX",
     "FORMATS",
     "HTML",

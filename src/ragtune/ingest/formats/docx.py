@@ -34,7 +34,8 @@ def load_docx(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section
     except Exception as exc:  # python-docx surfaces lxml/zip/KeyError failures directly
         raise LoaderError(f"{name} is a damaged Word document ({type(exc).__name__}: {exc})", "damaged_docx") from exc
     sections: list[Section] = []
-    heading, lines = "", list[str]()
+    heading = ""
+    lines: list[str] = []
     for paragraph in document.paragraphs:
         style = (paragraph.style.name if paragraph.style is not None else "") or ""
         text = paragraph.text.strip()
