@@ -41,7 +41,9 @@ def main() -> None:
         for copy in range(args.copies):
             for article in sorted(SQUAD.glob("*.md")):
                 (docs / f"{copy}-{article.name}").write_text(article.read_text(encoding="utf-8"), encoding="utf-8")
-        settings = Settings(data_dir=Path(tmp) / "data")
+        # torch on both sides: this measures ragtune's own cost around the model (the backends
+        # are compared in bench/embedding_backends.py).
+        settings = Settings(data_dir=Path(tmp) / "data", embedding_backend="torch")
         embedder = LocalEmbedder(batch_size=settings.embedding.batch_size)
         chunks = [
             c
@@ -56,7 +58,7 @@ def main() -> None:
         embedder.embed(texts[:64])  # warm-up, same for both
 
         started = time.perf_counter()
-        embedder._model.encode(texts, batch_size=settings.embedding.batch_size, normalize_embeddings=True)
+        embedder._model.encode(texts, batch_size=embedder.batch_size, normalize_embeddings=True)
         raw_s = time.perf_counter() - started
 
         with build(settings, embedder=embedder, generator=False) as system:

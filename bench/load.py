@@ -46,6 +46,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=5.0, help="Seconds of load before measuring.")
     parser.add_argument("--mode", default="hybrid", choices=["dense", "bm25", "hybrid"])
     parser.add_argument("--torch-threads", type=int, default=1, help="RAGTUNE_TORCH_THREADS of the server.")
+    parser.add_argument(
+        "--embedding-backend",
+        choices=["torch", "onnx", "onnx-int8"],
+        help="RAGTUNE_EMBEDDING_BACKEND of the server (default: ragtune's); the index is re-embedded to match.",
+    )
     parser.add_argument("--profile", action="store_true", help="Sample the server with py-spy while measuring.")
     parser.add_argument("--out", type=Path, help="Write the results as Markdown here.")
     parser.add_argument("--work-dir", type=Path, default=REPO / "bench" / "out" / "load")
@@ -76,9 +81,10 @@ def passages(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def build_index(data_dir: Path, n_chunks: int) -> dict:
+def build_index(data_dir: Path, n_chunks: int, backend: str) -> dict:
     marker = data_dir / "bench-index.json"
     if marker.exists() and json.loads(marker.read_text())["chunks"] == n_chunks:
+        match_embedder(data_dir, backend)
         return json.loads(marker.read_text())
     import shutil
 
@@ -92,7 +98,8 @@ def build_index(data_dir: Path, n_chunks: int) -> dict:
         LoadedDocument(f"squad-mix/{i:05d}.txt", "text/plain", title, [Section(text)])
         for i, (title, text) in enumerate(passages(n_chunks))
     ]
-    with build(Settings(data_dir=data_dir, torch_threads=os.cpu_count() or 1), generator=False) as system:
+    settings = Settings(data_dir=data_dir, torch_threads=os.cpu_count() or 1, embedding_backend=backend)
+    with build(settings, generator=False) as system:
         report = system.ingestor.ingest_documents(docs)
         count = system.store.count()
     if report.failed or count != n_chunks:
@@ -100,6 +107,24 @@ def build_index(data_dir: Path, n_chunks: int) -> dict:
     info = {"chunks": count, "documents": len(docs), "index_seconds": round(time.perf_counter() - started, 1)}
     marker.write_text(json.dumps(info))
     return info
+
+
+def match_embedder(data_dir: Path, backend: str) -> None:
+    """Re-embeds the cached index when it was built with another backend's numbers."""
+    from ragtune.config import Settings
+    from ragtune.ingest.reembed import same_vectors
+    from ragtune.store.catalog import Catalog, EmbedderRecord
+
+    settings = Settings(data_dir=data_dir)
+    catalog = Catalog(settings.resolved_catalog_url())
+    recorded = catalog.embedder(settings.store.collection)
+    catalog.close()
+    if recorded is None or same_vectors(recorded, EmbedderRecord(recorded.model, backend, recorded.dimension)):
+        return
+    print(f"re-embedding the index ({recorded.backend} -> {backend}) …", flush=True)
+    env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_EMBEDDING_BACKEND": backend}
+    env["RAGTUNE_TORCH_THREADS"] = str(os.cpu_count() or 1)
+    subprocess.run([sys.executable, "-m", "ragtune.cli", "reindex"], env=env, check=True)
 
 
 def questions() -> list[str]:
@@ -114,11 +139,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, torch_threads: int, log_path: Path) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, torch_threads: int, backend: str, log_path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {
         "RAGTUNE_DATA_DIR": str(data_dir),
         "RAGTUNE_TORCH_THREADS": str(torch_threads),
+        "RAGTUNE_EMBEDDING_BACKEND": backend,
         "HF_HUB_OFFLINE": "1",
     }
     server = subprocess.Popen(
@@ -241,8 +267,8 @@ def breakdown(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 # frame outwards decides where a sample's time went.
 _CATEGORIES = [
     (
-        "embedding model (torch, sentence-transformers, tokenizers)",
-        re.compile(r"[(/](torch|sentence_transformers|transformers|tokenizers|numpy)/"),
+        "embedding model (ONNX Runtime or torch, sentence-transformers, tokenizers)",
+        re.compile(r"[(/](onnxruntime|torch|sentence_transformers|transformers|tokenizers|numpy)/"),
     ),
     ("vector store client (pymilvus, grpc, protobuf)", re.compile(r"[(/](pymilvus|grpc|google/protobuf)/")),
     (
@@ -315,12 +341,17 @@ def cpu_model() -> str:
 
 def main() -> None:
     args = parse_args()
+    if not SQUAD.is_dir():
+        raise SystemExit(f"{SQUAD} is missing: this benchmark needs the squad-dev set beside the repository")
+    from ragtune.config import Settings
+
+    backend = args.embedding_backend or Settings().embedding.backend
     args.work_dir.mkdir(parents=True, exist_ok=True)
     data_dir = args.work_dir / f"data-{args.chunks}"
     print(f"index: {args.chunks} chunks in {data_dir} …", flush=True)
-    index = build_index(data_dir, args.chunks)
+    index = build_index(data_dir, args.chunks, backend)
     qs = questions()
-    server, url = start_server(data_dir, args.torch_threads, args.work_dir / "serve.log")
+    server, url = start_server(data_dir, args.torch_threads, backend, args.work_dir / "serve.log")
     profiler = None
     try:
         pids = [server.pid, *child_pids(server.pid)]  # the server and the Milvus Lite process
@@ -365,7 +396,8 @@ def main() -> None:
     split = breakdown(*(histogram_sums(text) for text in result["metrics"]))
     lines = [
         f"Command: `.venv/bin/python bench/load.py --chunks {args.chunks} --clients {args.clients} --duration {args.duration:.0f}"
-        f"{' --profile' if args.profile else ''}` (server: `ragtune serve`, RAGTUNE_TORCH_THREADS={args.torch_threads}, retrieval mode {args.mode}).",
+        f"{' --profile' if args.profile else ''} --embedding-backend {backend}` (server: `ragtune serve`, RAGTUNE_TORCH_THREADS={args.torch_threads}, "
+        f"RAGTUNE_EMBEDDING_BACKEND={backend}, retrieval mode {args.mode}).",
         "",
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}; the load generator, the server "
         "and Milvus Lite share these CPUs.",

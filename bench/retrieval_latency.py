@@ -32,7 +32,7 @@ class CachedEmbedder:
     """Serves precomputed query vectors: isolates pipeline overhead from model time."""
 
     def __init__(self, texts: list[str], vectors: np.ndarray) -> None:
-        self.name, self.dimension = "cached", vectors.shape[1]
+        self.name, self.backend, self.dimension = "cached", "cache", vectors.shape[1]
         self._by_text = dict(zip(texts, vectors))
 
     def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray:

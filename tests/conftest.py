@@ -11,6 +11,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite's systems embed with torch: its fixtures and expectations were measured with torch's
+# vectors, and an ONNX backend would export the model again into every test's data directory.
+# tests/embed/test_onnx.py tests the ONNX backends, and the default one end to end.
+os.environ.setdefault("RAGTUNE_EMBEDDING_BACKEND", "torch")
 
 import pytest
 import torch

@@ -21,6 +21,7 @@ _VALUES = {
     "embedding_model": "/models/minilm",
     "embedding_base_url": "http://embed:8080/v1",
     "embedding_api_key": "ek",
+    "embedding_backend": "onnx",
     "embedding_batch_size": "8",
     "embedding_device": "cuda",
     "retrieval_mode": "bm25",

@@ -123,6 +123,18 @@ def ingest(
 
 
 @app.command()
+def reindex() -> None:
+    """Re-embed every stored chunk with the configured embedder (after changing its model or backend)."""
+    from ragtune.ingest.reembed import reembed
+    from ragtune.system import build
+
+    with build(_settings(), generator=False, check_vectors=False) as system:
+        chunks = reembed(system.catalog, system.store, system.embedder)
+        embedder = f"{system.embedder.name} ({system.embedder.backend})"
+    typer.echo(f"re-embedded {chunks} chunks with {embedder}; {system.store.collection!r} now uses it")
+
+
+@app.command()
 def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")]) -> None:
     """Remove documents and their chunks from the index."""
     with _system(_settings()) as system:
@@ -407,12 +419,13 @@ def main() -> None:
     """Entry point: domain errors become one clear line and an exit code, not a traceback."""
     from ragtune.embed.embedders import EmbeddingError
     from ragtune.eval.datasets import DatasetError
+    from ragtune.ingest.reembed import EmbedderMismatchError
     from ragtune.store.base import StoreError
     from ragtune.store.catalog import CatalogError
 
     try:
         app()
-    except (UsageError, DatasetError) as exc:
+    except (UsageError, DatasetError, EmbedderMismatchError) as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
     except (StoreError, CatalogError, EmbeddingError, OSError) as exc:

@@ -10,7 +10,9 @@ all get their services from `build`, so they compose exactly the same system.
 
 ``generator=False`` builds no answer generator (evaluation of retrieval, the trainer's
 retrieval): an LLM backend is then never loaded. ``embedder=`` reuses a loaded model and
-``store=`` a store the caller wrapped (the service times every store call).
+``store=`` a store the caller wrapped (the service times every store call). The collection
+must hold vectors of the configured embedder (`ragtune.ingest.reembed.check_embedder`);
+only ``ragtune reindex``, which replaces them, builds with ``check_vectors=False``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
 from ragtune.generate.registry import build_generator
 from ragtune.ingest.indexer import Ingestor
+from ragtune.ingest.reembed import check_embedder
 from ragtune.pipeline import RagPipeline
 from ragtune.retrieve.retriever import CrossEncoderReranker, Retriever
 from ragtune.store.base import VectorStore
@@ -74,6 +77,7 @@ def build(
     embedder: Embedder | None = None,
     store: VectorStore | None = None,
     generator: bool = True,
+    check_vectors: bool = True,
 ) -> System:
     """Every service for `settings`; `embedder` and `store` replace the ones it would build."""
     if settings.torch_threads:
@@ -81,9 +85,11 @@ def build(
     catalog = open_catalog(settings)
     opened: VectorStore | None = None
     try:
-        embedder = embedder or build_embedder(settings.embedding)
+        embedder = embedder or build_embedder(settings.embedding, settings.resolved_embedder_cache())
         if store is None:
             store = opened = open_store(settings, embedder.dimension)
+        if check_vectors:
+            check_embedder(catalog, store, embedder)
         retrieval = settings.retrieval
         reranker = (
             CrossEncoderReranker(retrieval.reranker_model, settings.embedding.device)

@@ -15,7 +15,7 @@ from ragtune.embed.batching import BatchingEmbedder
 class SlowModel:
     """Records each call; slow enough that concurrent callers pile up behind the first."""
 
-    name, dimension = "slow", 2
+    name, backend, dimension = "slow", "python", 2
 
     def __init__(self, fail: bool = False) -> None:
         self.calls: list[list[str]] = []

@@ -51,7 +51,9 @@ _WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take t
 def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
     """The system (its embedder and store timed) and everything the routes use."""
     # Timed outside the batching: a question's embedding time includes its wait to join a batch.
-    timed_embedder = TimedEmbedder(BatchingEmbedder(embedder or build_embedder(settings.embedding)), metrics)
+    timed_embedder = TimedEmbedder(
+        BatchingEmbedder(embedder or build_embedder(settings.embedding, settings.resolved_embedder_cache())), metrics
+    )
     store = TimedStore(open_store(settings, timed_embedder.dimension), metrics.observe_store_call)
     try:
         system = build(settings, embedder=timed_embedder, store=store)

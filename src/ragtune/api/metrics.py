@@ -122,6 +122,7 @@ class TimedEmbedder:
     def __init__(self, inner: Embedder, metrics: ServiceMetrics) -> None:
         self.inner = inner
         self.name = inner.name
+        self.backend = inner.backend
         self.dimension = inner.dimension
         self._histogram = metrics.embedding
 

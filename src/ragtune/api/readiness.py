@@ -82,7 +82,7 @@ def readiness(system: System, probe: StoreProbe) -> ReadinessResponse:
         checks["catalog"] = CheckResult(ok=False, detail=f"catalog database unreachable: {exc}")
     try:
         system.embedder.embed(["readiness probe"])
-        checks["embedder"] = CheckResult(ok=True, detail=system.embedder.name)
+        checks["embedder"] = CheckResult(ok=True, detail=f"{system.embedder.name} ({system.embedder.backend})")
     except Exception as exc:
         checks["embedder"] = CheckResult(ok=False, detail=f"embedding model {system.embedder.name} failed: {exc}")
     failing = [f"{name}: {c.detail}" for name, c in checks.items() if not c.ok]

@@ -10,7 +10,7 @@ calls (ingestion batches) go straight to the model.
     >>> import numpy as np
     >>> from ragtune.embed.batching import BatchingEmbedder
     >>> class Lengths:
-    ...     name, dimension = "lengths", 1
+    ...     name, backend, dimension = "lengths", "python", 1
     ...     def embed(self, texts, show_progress=False):
     ...         return np.array([[len(t)] for t in texts], dtype=np.float32)
     >>> BatchingEmbedder(Lengths()).embed(["a", "abc"]).tolist()
@@ -46,6 +46,7 @@ class BatchingEmbedder:
             raise ValueError(f"max_texts must be greater than 0; got {max_texts}")
         self.inner = inner
         self.name = inner.name
+        self.backend = inner.backend
         self.dimension = inner.dimension
         self.max_texts = max_texts
         self._waiting: list[_Call] = []

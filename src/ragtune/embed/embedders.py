@@ -4,16 +4,26 @@
 >>> embedder = LocalEmbedder()                       # all-MiniLM-L6-v2, offline
 >>> embedder.embed(["hello world"]).shape
 (1, 384)
+
+`backend` names what computes the vectors (``torch``, ``onnx``, ``onnx-int8`` or ``http``):
+the catalog records it with the model, so vectors of different embedders never mix in one
+collection unnoticed (`ragtune.system.check_embedder`).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from ragtune.config import DEFAULT_EMBEDDING_MODEL, EmbeddingSettings
+from ragtune.config import DEFAULT_EMBEDDING_MODEL, EmbeddingBackend, EmbeddingSettings
+
+if TYPE_CHECKING:
+    from ragtune.embed.onnx import OnnxSentenceEncoder
+
+log = logging.getLogger("ragtune.embed")
 
 _BUNDLED_NAMES = {DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2"}
 
@@ -24,6 +34,7 @@ class EmbeddingError(RuntimeError):
 
 class Embedder(Protocol):
     name: str
+    backend: str
     dimension: int
 
     def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray: ...
@@ -50,22 +61,60 @@ def resolve_model_path(model: str) -> Path:
 
 
 class LocalEmbedder:
-    """A sentence-transformers model from a local directory, on CPU or GPU."""
+    """A sentence-transformers model from a local directory, run by torch (CPU or GPU) or by
+    ONNX Runtime on the CPU (`ragtune.embed.onnx`, exported once into `cache_dir`).
 
-    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, device: str = "cpu", batch_size: int = 64) -> None:
+    If the ONNX export or session fails, the model stays on torch and one warning says why;
+    `backend` then reads ``torch``.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_EMBEDDING_MODEL,
+        device: str = "cpu",
+        batch_size: int = 64,
+        backend: EmbeddingBackend = "torch",
+        cache_dir: Path | None = None,
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
         if batch_size <= 0:
             raise ValueError(f"batch_size must be greater than 0; got {batch_size}")
         self.name = model
         self.batch_size = batch_size
-        self._model = SentenceTransformer(str(resolve_model_path(model)), device=device, local_files_only=True)
+        model_dir = resolve_model_path(model)
+        self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
         self.dimension = int(self._model.get_embedding_dimension())
         self.max_tokens = int(self._model.max_seq_length)
+        self.backend: str = "torch"
+        self.onnx_file: Path | None = None
+        self._onnx: OnnxSentenceEncoder | None = None
+        if backend != "torch":
+            self._use_onnx(model_dir, cache_dir, backend == "onnx-int8")
+
+    def _use_onnx(self, model_dir: Path, cache_dir: Path | None, int8: bool) -> None:
+        wanted = "onnx-int8" if int8 else "onnx"
+        if cache_dir is None:
+            raise ValueError(f"the {wanted} backend needs a cache_dir for its exported model")
+        if self._model.device.type != "cpu":
+            log.warning("embedding backend %s runs on the CPU only; keeping torch on %s", wanted, self._model.device)
+            return
+        from ragtune.embed.onnx import load_encoder
+
+        try:
+            self._onnx, self.onnx_file = load_encoder(self._model, model_dir, cache_dir, int8)
+        except Exception as exc:  # any failure to export or load: the model still runs on torch
+            log.warning(
+                "embedding backend %s is unavailable, using torch instead: %s: %s", wanted, type(exc).__name__, exc
+            )
+            return
+        self.backend = wanted
 
     def embed(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._onnx is not None:
+            return self._onnx.encode(texts, self.batch_size, show_progress)
         vectors = self._model.encode(
             texts,
             batch_size=self.batch_size,
@@ -85,6 +134,7 @@ class HttpEmbedder:
         import httpx
 
         self.name = model
+        self.backend = "http"
         self.batch_size = batch_size
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
@@ -110,12 +160,8 @@ class HttpEmbedder:
         return vectors / np.maximum(norms, 1e-12)
 
 
-def build_embedder(settings: EmbeddingSettings) -> Embedder:
+def build_embedder(settings: EmbeddingSettings, cache_dir: Path) -> Embedder:
+    """The embedder `settings` describe; ONNX exports are kept in `cache_dir`."""
     if settings.base_url:
-        return HttpEmbedder(
-            settings.base_url,
-            settings.model,
-            settings.api_key,
-            settings.batch_size,
-        )
-    return LocalEmbedder(settings.model, settings.device, settings.batch_size)
+        return HttpEmbedder(settings.base_url, settings.model, settings.api_key, settings.batch_size)
+    return LocalEmbedder(settings.model, settings.device, settings.batch_size, settings.backend, cache_dir)

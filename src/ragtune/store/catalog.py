@@ -20,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from ragtune.store.tables import TableBase, utc_now
@@ -46,6 +47,28 @@ class DocumentRow(TableBase):
     tags: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+
+class EmbedderRow(TableBase):
+    """Which embedder produced the vectors of a collection (see `ragtune.system.check_embedder`)."""
+
+    __tablename__ = "embedders"
+
+    collection: Mapped[str] = mapped_column(String(255), primary_key=True)
+    model: Mapped[str] = mapped_column(String(4096))
+    backend: Mapped[str] = mapped_column(String(32))
+    dimension: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+
+@dataclass(frozen=True)
+class EmbedderRecord:
+    model: str
+    backend: str
+    dimension: int
+
+    def __str__(self) -> str:
+        return f"{self.model} ({self.backend}, {self.dimension}-d)"
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,24 @@ class Catalog:
     def ping(self) -> None:
         with self.session() as s:
             s.execute(select(1))
+
+    def embedder(self, collection: str) -> EmbedderRecord | None:
+        """The embedder recorded for `collection`, if any."""
+        with self.session() as s:
+            row = s.get(EmbedderRow, collection)
+            return EmbedderRecord(row.model, row.backend, row.dimension) if row else None
+
+    def record_embedder(self, collection: str, embedder: EmbedderRecord) -> None:
+        for attempt in range(2):  # a process starting beside this one may insert the row first
+            try:
+                with self.session() as s, s.begin():
+                    row = s.get(EmbedderRow, collection) or EmbedderRow(collection=collection)
+                    row.model, row.backend, row.dimension = embedder.model, embedder.backend, embedder.dimension
+                    s.add(row)
+                return
+            except IntegrityError:
+                if attempt:
+                    raise
 
     # --- writes ------------------------------------------------------------------------
     # Status changes are written a batch per transaction: one commit (an fsync) per file

@@ -160,6 +160,13 @@ class MilvusStore:
 
     # --- writes --------------------------------------------------------------------------
     def insert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        return self._write(self._client.insert, chunks, vectors)
+
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        """Writes the chunks, replacing rows with the same ids (a re-embedding)."""
+        return self._write(self._client.upsert, chunks, vectors)
+
+    def _write(self, write: Any, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
         if len(chunks) != len(vectors):
             raise ValueError(f"{len(chunks)} chunks but {len(vectors)} vectors")
         rows = [
@@ -177,7 +184,7 @@ class MilvusStore:
             for c, v in zip(chunks, vectors)
         ]
         for start in range(0, len(rows), _INSERT_BATCH):
-            self._call(self._client.insert, self.collection, rows[start : start + _INSERT_BATCH])
+            self._call(write, self.collection, rows[start : start + _INSERT_BATCH])
         return len(rows)
 
     def delete_documents(self, doc_ids: Iterable[str]) -> None:

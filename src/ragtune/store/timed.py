@@ -58,6 +58,10 @@ class TimedStore:
         with self._timed("insert"):
             return self.inner.insert(chunks, vectors)
 
+    def upsert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
+        with self._timed("upsert"):
+            return self.inner.upsert(chunks, vectors)
+
     def delete_documents(self, doc_ids: Iterable[str]) -> None:
         with self._timed("delete"):
             self.inner.delete_documents(doc_ids)
