@@ -30,7 +30,6 @@ RETRIEVAL_MODES: tuple[RetrievalMode, ...] = get_args(RetrievalMode)
 GeneratorName = Literal["extractive", "openai", "local"]
 GENERATORS: tuple[GeneratorName, ...] = get_args(GeneratorName)
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
-EMBEDDING_BACKENDS: tuple[EmbeddingBackend, ...] = get_args(EmbeddingBackend)
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -86,8 +85,8 @@ class EmbeddingSettings(_Section):
     model: str = Field(DEFAULT_EMBEDDING_MODEL)
     base_url: str = Field("", description="OpenAI-compatible server (…/v1) to embed with instead of the local model.")
     api_key: str = ""
-    # int8 by default: 2.5x torch's ingestion and 4.5x its question latency on a 2-core CPU, at
-    # hybrid nDCG@10 -0.0001 on squad-dev (BENCHMARKS.md, "Embedding backends").
+    # int8 by default: 2.4x torch's ingestion and 2.8x its question latency on a 2-core CPU, at
+    # hybrid nDCG@10 -0.0009 on squad-dev (BENCHMARKS.md, "Embedding backends").
     backend: EmbeddingBackend = Field(
         "onnx-int8",
         description="What runs the local model: torch, or ONNX Runtime with fp32 (onnx) or int8 weights (onnx-int8).",

@@ -7,7 +7,7 @@
 
 `backend` names what computes the vectors (``torch``, ``onnx``, ``onnx-int8`` or ``http``):
 the catalog records it with the model, so vectors of different embedders never mix in one
-collection unnoticed (`ragtune.system.check_embedder`).
+collection unnoticed (`ragtune.ingest.reembed.check_embedder`).
 """
 
 from __future__ import annotations

@@ -168,13 +168,11 @@ class OnnxSentenceEncoder:
     def encode(self, texts: list[str], batch_size: int, show_progress: bool = False) -> np.ndarray:
         from tqdm import tqdm
 
-        vectors = np.empty((len(texts), 0), dtype=np.float32)
-        rows: list[np.ndarray] = [vectors[0:0]] * len(texts)
+        vectors: np.ndarray | None = None  # sized by the first call's output
         for start in tqdm(range(0, len(texts), batch_size), desc="embedding", unit="batch", disable=not show_progress):
-            group = list(range(start, min(start + batch_size, len(texts))))
-            tokens = {
-                n: t.numpy() for n, t in self.preprocess([texts[i] for i in group]).items() if n in self.input_names
-            }
+            end = min(start + batch_size, len(texts))
+            group = np.arange(start, end)
+            tokens = {n: t.numpy() for n, t in self.preprocess(texts[start:end]).items() if n in self.input_names}
             lengths = tokens["attention_mask"].sum(axis=1)
             order = np.argsort(-lengths, kind="stable")  # longest first: similar lengths share a call
             first = 0
@@ -184,10 +182,12 @@ class OnnxSentenceEncoder:
                 picked = order[first:last]
                 feeds = {n: t[picked, :longest].astype(np.int64, copy=False) for n, t in tokens.items()}
                 (embedded,) = self.session.run(["sentence_embedding"], feeds)
-                for row, index in zip(embedded, picked):
-                    rows[group[index]] = row
+                if vectors is None:
+                    vectors = np.empty((len(texts), embedded.shape[1]), dtype=np.float32)
+                vectors[group[picked]] = embedded
                 first = last
-        return np.stack(rows).astype(np.float32, copy=False)
+        assert vectors is not None, "encode needs at least one text"
+        return vectors
 
 
 def load_encoder(sentence_model: Any, model_dir: Path, cache_dir: Path, int8: bool) -> tuple[OnnxSentenceEncoder, Path]:

@@ -50,7 +50,7 @@ class DocumentRow(TableBase):
 
 
 class EmbedderRow(TableBase):
-    """Which embedder produced the vectors of a collection (see `ragtune.system.check_embedder`)."""
+    """Which embedder produced the vectors of a collection (see `ragtune.ingest.reembed.check_embedder`)."""
 
     __tablename__ = "embedders"
 
