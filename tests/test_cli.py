@@ -54,9 +54,37 @@ def test_ingest_ask_json_and_documents(tmp_path, sample_dir):
     assert listing["total"] == 5 and {d["status"] for d in listing["documents"]} == {"indexed"}
 
 
+def test_follow_ups_in_a_stored_conversation_and_in_chat(tmp_path, sample_dir):
+    data = tmp_path / "data"
+    assert run(["ingest", str(sample_dir)], data).returncode == 0
+    first = run(["ask", "What does the operations guide say about backups?", "--conversation", "ops"], data)
+    assert first.returncode == 0 and "operations-guide.pdf" in first.stdout, first.stderr
+    follow = run(["ask", "What does it say about alerts?", "--conversation", "ops", "--json"], data)
+    payload = json.loads(follow.stdout)
+    assert payload["conversation_id"] == "ops" and "operations guide" in payload["rewritten_question"]
+    assert Path(payload["citations"][0]["source"]).name == "operations-guide.pdf"
+    with sqlite3.connect(data / "catalog.db") as db:
+        stored = db.execute(
+            "SELECT question FROM conversation_turns WHERE conversation_id='ops' ORDER BY seq"
+        ).fetchall()
+    assert [q for (q,) in stored] == [
+        "What does the operations guide say about backups?",
+        "What does it say about alerts?",
+    ]
+
+    lines = "What does the operations guide say about backups?\nWhat does it say about alerts?\n/new\nWhat does it say about alerts?\n"
+    chat = run(["chat"], data, input=lines)
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stderr.count("(searched: ") == 1 and "operations guide say about alerts?)" in chat.stderr
+    assert "(new conversation)" in chat.stderr and chat.stdout.count("Sources:") >= 2
+    assert chat.stdout.rstrip().endswith("I could not find the answer in the indexed documents.")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["ask", "x", "--conversation", "no spaces"], "--conversation must be"),
+        (["ask", "x", "--multi-query"], "multi_query needs an LLM backend"),
         (["ask", ""], "the question is empty"),
         (["ask", "   "], "the question is empty"),
         (["ask", "x", "--mode", "fuzzy"], "--mode must be one of"),

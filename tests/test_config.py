@@ -31,6 +31,7 @@ _VALUES = {
     "bm25_weight": "2.0",
     "candidates": "70",
     "reranker_model": "/models/rerank",
+    "context_window": "1",
     "generator": "openai",
     "min_relevance": "0.5",
     "answer_sentences": "3",

@@ -106,3 +106,34 @@ def test_a_folder_of_a_thousand_files_indexes_completely(system, tmp_path):
     assert system.catalog.counts()[INDEXED] == 1000 and system.store.count() == 1000
     hits = system.retriever.run("on-call rota for week 437", top_k=1, mode="bm25")
     assert hits[0].source.endswith("note437.txt")
+
+
+def test_a_context_window_reads_neighbouring_chunks_and_cites_the_one_quoted(tmp_path, embedder):
+    from ragtune.config import Settings
+    from ragtune.system import build
+
+    # Short chunks, so each fact sits in its own chunk and the neighbours hold the others.
+    facts = [
+        f"The {name} reactor was commissioned in {1950 + n} near the {name} river."
+        for n, name in enumerate(["Amber", "Birch", "Cedar", "Dunlin", "Egret", "Fennel", "Garnet", "Heron"])
+    ]
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "reactors.txt").write_text(" ".join(facts))
+    windows = {}
+    for window in (0, 1):
+        settings = Settings(data_dir=tmp_path / "data", torch_threads=2, chunk_size=120, chunk_overlap=40)
+        settings = settings.model_copy(
+            update={"retrieval": settings.retrieval.model_copy(update={"context_window": window})}
+        )
+        with build(settings, embedder=embedder) as system:
+            system.ingestor.ingest_paths([docs], progress=False)
+            answer = system.rag.ask("When was the Egret reactor commissioned?", top_k=1)
+            stored = {h.id: h.text for h in system.store.chunks(answer.hits[0].doc_id)}
+        windows[window] = answer
+        assert "1954" in answer.text
+        for citation in answer.citations:  # a citation quotes text of the very chunk it names
+            assert citation.snippet in stored[citation.chunk_id]
+    assert len(windows[0].hits) == 1
+    ids = [h.id for h in windows[1].hits]
+    assert len(ids) == 3 and ids == sorted(ids) and windows[0].hits[0].id == ids[1]

@@ -107,6 +107,9 @@ class RetrievalSettings(_Section):
     bm25_weight: float = Field(1.5, ge=0)
     candidates: int = Field(50, gt=0, le=1000, description="Hits per mode before fusion.")
     reranker_model: str = Field("", description="Cross-encoder path; empty: no reranking.")
+    context_window: int = Field(
+        0, ge=0, le=5, description="Neighbouring chunks (each side) of every hit the generator also reads."
+    )
 
     @model_validator(mode="after")
     def _some_weight(self) -> RetrievalSettings:
@@ -122,7 +125,8 @@ class AnswerSettings(_Section):
     min_relevance: float = Field(
         0.25,
         description="Below this cosine similarity between the question and the best "
-        "chunk the extractive answerer says the answer is not in the documents.",
+        "chunk the extractive answerer says the answer is not in the documents (a request's "
+        "min_relevance drops chunks below its value for every generator).",
     )
     sentences: int = Field(1, gt=0, le=10, description="Sentences the extractive answerer quotes.")
     max_question_chars: int = Field(4000, gt=0)
@@ -228,6 +232,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "bm25_weight": ("retrieval", "bm25_weight"),
     "candidates": ("retrieval", "candidates"),
     "reranker_model": ("retrieval", "reranker_model"),
+    "context_window": ("retrieval", "context_window"),
     "generator": ("answer", "generator"),
     "min_relevance": ("answer", "min_relevance"),
     "answer_sentences": ("answer", "sentences"),

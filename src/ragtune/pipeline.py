@@ -1,4 +1,9 @@
-"""The RAG pipeline: question → retrieve → generate → `Answer` (text, citations, timings).
+"""The RAG pipeline: question → (rewrite) → retrieve → (expand) → generate → `Answer`.
+
+A question asked in a conversation is first rewritten into a standalone one from the
+turns before it (`ragtune.generate.rewrite`); with ``multi_query`` the LLM's paraphrases
+are searched beside it and the rankings fused; ``min_relevance`` drops chunks less
+similar to the question than that; a context window adds each hit's neighbouring chunks.
 
 from ragtune.system import build
 
@@ -10,19 +15,34 @@ with build(Settings(data_dir="./data")) as system:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ragtune.config import RetrievalMode
 from ragtune.generate.base import CitationStream, Generation, Generator, StreamingGenerator, resolve_citations
+from ragtune.generate.rewrite import Condenser, Paraphraser, RuleCondenser
 from ragtune.retrieve.retriever import Retriever
-from ragtune.types import Answer, Filters, check_question
+from ragtune.types import Answer, Filters, Hit, Turn, check_question
+
+
+class MultiQueryUnavailableError(ValueError):
+    """multi_query was asked for, but no LLM backend is configured to write the paraphrases."""
 
 
 class RagPipeline:
     """Answers a question from the chunks `retriever` finds, written by `generator`, with citations."""
 
-    def __init__(self, retriever: Retriever, generator: Generator, max_question_chars: int) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        generator: Generator,
+        max_question_chars: int,
+        condenser: Condenser | None = None,
+        paraphraser: Paraphraser | None = None,
+    ) -> None:
         self.retriever, self.generator, self.max_question_chars = retriever, generator, max_question_chars
+        self.condenser = condenser or RuleCondenser()
+        self.paraphraser = paraphraser
 
     def ask(
         self,
@@ -30,11 +50,56 @@ class RagPipeline:
         top_k: int | None = None,
         mode: RetrievalMode | None = None,
         filters: Filters | None = None,
+        *,
+        history: Sequence[Turn] = (),
+        min_relevance: float | None = None,
+        multi_query: bool = False,
     ) -> Answer:
         """Retrieve, generate, cite: the last item `stream` yields."""
-        *_, answer = self.stream(question, top_k, mode, filters)
+        *_, answer = self.stream(
+            question, top_k, mode, filters, history=history, min_relevance=min_relevance, multi_query=multi_query
+        )
         assert isinstance(answer, Answer)
         return answer
+
+    def search(
+        self,
+        question: str,
+        top_k: int | None = None,
+        mode: RetrievalMode | None = None,
+        filters: Filters | None = None,
+        *,
+        history: Sequence[Turn] = (),
+        min_relevance: float | None = None,
+        multi_query: bool = False,
+    ) -> tuple[str, list[Hit], dict[str, Any]]:
+        """The question as searched (standalone), the chunks found for it, and how it was rewritten."""
+        question = check_question(question, self.max_question_chars)
+        if multi_query and self.paraphraser is None:
+            raise MultiQueryUnavailableError(
+                "multi_query needs an LLM backend to write the paraphrases; set RAGTUNE_GENERATOR=openai or local"
+            )
+        debug: dict[str, Any] = {}
+        started = time.perf_counter()
+        if history:
+            rewrite = self.condenser.condense(question, history)
+            debug["condense"] = rewrite.debug
+            # A rewrite past the length limit (a long follow-up joined to a long question) is not used.
+            if rewrite.question.strip() and len(rewrite.question) <= self.max_question_chars:
+                question = rewrite.question.strip()
+        paraphrases: list[str] = []
+        if multi_query:
+            assert self.paraphraser is not None
+            paraphrases, debug["multi_query"] = self.paraphraser.paraphrase(question)
+        if history or multi_query:
+            debug["rewrite_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        if paraphrases:
+            hits = self.retriever.run_fused([question, *paraphrases], top_k, mode, filters)
+        else:
+            hits = self.retriever.run(question, top_k, mode, filters)
+        if min_relevance is not None:
+            hits = self.retriever.relevant(question, hits, min_relevance)
+        return question, hits, debug
 
     def stream(
         self,
@@ -42,6 +107,10 @@ class RagPipeline:
         top_k: int | None = None,
         mode: RetrievalMode | None = None,
         filters: Filters | None = None,
+        *,
+        history: Sequence[Turn] = (),
+        min_relevance: float | None = None,
+        multi_query: bool = False,
     ) -> Iterator[str | Answer]:
         """`ask`, streamed: yields the answer's text deltas (``str``) as the generator
         writes them, then one final `Answer` (citations, timings, usage).
@@ -56,10 +125,14 @@ class RagPipeline:
                 else:
                     answer = item
         """
-        question = check_question(question, self.max_question_chars)
+        asked = check_question(question, self.max_question_chars)
         started = time.perf_counter()
-        hits = self.retriever.run(question, top_k, mode, filters)
+        question, found, debug = self.search(
+            asked, top_k, mode, filters, history=history, min_relevance=min_relevance, multi_query=multi_query
+        )
+        hits = self.retriever.expand(found)
         retrieved = time.perf_counter()
+        rewrite_ms = debug.get("rewrite_ms", 0.0)
         citations_so_far = CitationStream(len(hits))
         if isinstance(self.generator, StreamingGenerator):
             deltas = self.generator.stream(question, hits)
@@ -81,17 +154,20 @@ class RagPipeline:
         generated = time.perf_counter()
         text, citations = resolve_citations(generation, hits)
         yield Answer(
-            question=question,
+            question=asked,
             text=text,
             citations=citations,
             abstained=generation.abstained,
             hits=hits,
             timings_ms={
-                "retrieve": round((retrieved - started) * 1000, 2),
+                **({"rewrite": rewrite_ms} if "rewrite_ms" in debug else {}),
+                "retrieve": round((retrieved - started) * 1000 - rewrite_ms, 2),
                 "generate": round((generated - retrieved) * 1000, 2),
                 "total": round((generated - started) * 1000, 2),
             },
             usage=generation.usage,
+            rewritten_question=question if question != asked else None,
+            debug=debug,
         )
 
     def close(self) -> None:

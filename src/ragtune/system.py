@@ -23,7 +23,9 @@ import torch
 
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
+from ragtune.generate.base import ChatModel
 from ragtune.generate.registry import build_generator
+from ragtune.generate.rewrite import Condenser, LlmCondenser, Paraphraser, RuleCondenser
 from ragtune.ingest.indexer import Ingestor
 from ragtune.ingest.reembed import check_embedder
 from ragtune.pipeline import RagPipeline
@@ -99,7 +101,11 @@ def build(
         retriever = Retriever(store, embedder, retrieval, reranker)
         rag = None
         if generator:
-            rag = RagPipeline(retriever, build_generator(settings, embedder), settings.answer.max_question_chars)
+            answerer = build_generator(settings, embedder)
+            # An LLM that answers also rewrites follow-ups and writes paraphrases; without one, rules condense.
+            condenser: Condenser = LlmCondenser(answerer) if isinstance(answerer, ChatModel) else RuleCondenser()
+            paraphraser = Paraphraser(answerer) if isinstance(answerer, ChatModel) else None
+            rag = RagPipeline(retriever, answerer, settings.answer.max_question_chars, condenser, paraphraser)
     except BaseException:  # a store or catalog left open would keep its lock
         if opened is not None:
             opened.close()

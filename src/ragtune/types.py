@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # The store holds at most this many tags per chunk, each at most this many characters; the
 # API, the CLI and the store all apply these numbers (through `check_tags`).
@@ -131,15 +132,43 @@ class Citation:
     score: float
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One earlier question of a conversation and what answered it: what a follow-up is read against."""
+
+    question: str
+    answer: str
+    rewritten_question: str | None = None  # the standalone form that was searched, when it differed
+    cited_titles: tuple[str, ...] = ()  # titles of the cited chunks, in citation order
+    cited_headings: tuple[str, ...] = ()
+
+    @property
+    def searched(self) -> str:
+        """The question as it was searched (standalone)."""
+        return self.rewritten_question or self.question
+
+
 @dataclass
 class Answer:
     question: str
     text: str
     citations: list[Citation]
     abstained: bool
-    hits: list[Hit]
+    hits: list[Hit]  # what the generator read: the retrieved chunks and, with a context window, their neighbours
     timings_ms: dict[str, float]
     usage: dict[str, int] = field(default_factory=dict)
+    rewritten_question: str | None = None  # the standalone question searched, when a follow-up was rewritten
+    debug: dict[str, Any] = field(default_factory=dict)  # how the question was rewritten (prompts, paraphrases)
+
+    def turn(self) -> Turn:
+        """This answer as a conversation turn."""
+        return Turn(
+            self.question,
+            self.text,
+            self.rewritten_question,
+            tuple(c.title for c in self.citations),
+            tuple(c.heading for c in self.citations),
+        )
 
     def plain_text(self) -> str:
         """The answer without citation markers (what answer metrics compare)."""

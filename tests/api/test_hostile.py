@@ -105,9 +105,24 @@ def test_zip_bomb_fits_the_upload_limit(service):
     assert len(zip_bomb_docx(50 * 1024 * 1024)) < MAX_UPLOAD
 
 
-def test_one_bad_file_refuses_the_whole_request(service, intact):
+def test_one_bad_file_is_refused_alone(service, intact):
     response = upload(service, ("good.md", b"# Fine\n\nA perfectly good file."), ("menu.txt", b"caf\xe9"))
-    assert response.status_code == 422 and "menu.txt" in response.json()["error"]["message"]
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert [d["filename"] for d in body["documents"]] == ["good.md"]
+    [rejected] = body["rejected"]
+    assert (rejected["filename"], rejected["status"], rejected["code"]) == ("menu.txt", 422, "invalid_encoding")
+    assert "menu.txt" in rejected["message"]
+    job = wait_for_job(service.http, body["job_id"])
+    assert (job["files_total"], job["files_failed"]) == (1, 0)
+    assert service.http.delete(f"/v1/documents/{body['documents'][0]['document_id']}").status_code == 200
+
+
+def test_a_request_whose_every_file_is_bad_queues_nothing(service, intact):
+    response = upload(service, ("menu.txt", b"caf\xe9"), ("empty.md", b"  \n"))
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "no_file_accepted" and "menu.txt" in error["message"] and "empty.md" in error["message"]
     assert service.services.queue.counts()["queued"] == 0
 
 

@@ -84,3 +84,25 @@ def test_give_back_does_not_count_an_attempt(queue):
     assert queue.give_back(job.id, "w")
     resumed = queue.claim("w2", 30, 3)
     assert resumed.attempts == 1 and [f.status for f in resumed.files] == [FILE_INDEXED, QUEUED]
+
+
+def test_progress_within_a_file_only_by_the_owner_and_in_the_api_view(queue):
+    from ragtune.api.schemas import JobOut
+
+    job = queue.enqueue(new_files("a.md", "big.md"))
+    queue.claim("w1", 30, 3)
+    queue.record_file(job.id, "w1", 0, FILE_INDEXED, 4)
+    assert not queue.record_progress(job.id, "intruder", 1, 10, 40)
+    assert queue.record_progress(job.id, "w1", 1, 0, 40)
+    assert queue.record_progress(job.id, "w1", 1, 10, 40)  # rewritten, not added
+    running = JobOut.of(queue.get(job.id))
+    assert running.current_file is not None
+    assert (running.current_file.seq, running.current_file.filename) == (1, "big.md")
+    assert (running.current_file.chunks_embedded, running.current_file.chunks_total) == (10, 40)
+    assert running.progress == (1 + 10 / 40) / 2
+
+    queue.record_file(job.id, "w1", 1, FILE_INDEXED, 40)
+    queue.finish(job.id, "w1")
+    done = JobOut.of(queue.get(job.id))
+    assert done.current_file is None and done.progress == 1.0
+    assert JobOut.of(queue.enqueue(new_files("c.md"))).progress == 0.0

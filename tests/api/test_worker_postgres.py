@@ -237,3 +237,15 @@ def test_killed_worker_job_is_finished_by_the_other_without_duplicates(api, work
         assert record["status"] == "indexed" and record["chunks"] == count
     chunk_ids = store_chunk_ids(api, list(expected))
     assert len(chunk_ids) == len(set(chunk_ids)) == sum(expected.values())
+
+
+def test_conversations_on_postgresql(postgres):
+    from ragtune.store.catalog import Catalog
+    from ragtune.store.conversations import Conversations
+    from tests.store.test_conversations import exercise
+
+    catalog = Catalog(postgres)
+    try:
+        exercise(Conversations(catalog))
+    finally:
+        catalog.close()

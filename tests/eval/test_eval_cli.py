@@ -96,3 +96,38 @@ def test_bad_dataset_is_reported_with_file_and_line(tmp_path):
     (tmp_path / "corpus.jsonl").unlink()
     with pytest.raises(DatasetError, match=r"corpus.jsonl is missing"):
         load_beir(tmp_path)
+
+
+@pytest.mark.slow
+def test_eval_conversations_condensing_recovers_the_standalone_recall(tmp_path):
+    written = tmp_path / "items.jsonl"
+    report = _eval("conversations", str(SQUAD_MINI), "--limit", "80", "--write", str(written))
+    assert report["n_items"] == 80 and report["condenser"] == "rules"
+    assert report["condensed_r@5"] > report["verbatim_r@5"]
+    assert report["condensed_r@5"] >= report["standalone_r@5"] - 0.05
+    assert report["standalone_hit@5"] >= report["standalone_r@5"]
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(rows) == 80 and all(set(r) == {"id", "first", "follow_up", "standalone", "relevant"} for r in rows)
+
+
+def test_conversation_items_follow_the_documented_rule(tmp_path):
+    from ragtune.eval.conversations import build_items, follow_up_of, load_items, write_items
+
+    dataset = load_beir(SQUAD_MINI)
+    items = build_items(dataset)
+    assert items == build_items(dataset)  # fixed seed
+    for item in items:
+        title = dataset.corpus[item.relevant[0]].title
+        assert follow_up_of(item.standalone, title) == item.follow_up and item.first != item.standalone
+        assert {dataset.corpus[c].title for c in item.relevant} == {title}
+    assert follow_up_of("Who ruled the United Methodist Church's board?", "United Methodist Church") == (
+        "Who ruled its board?"
+    )
+    assert follow_up_of("Is Victoria large?", "Victoria (Australia)") == "Is it large?"
+    # A conversations.jsonl in the dataset folder is used as it is.
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        (tmp_path / name).write_bytes((SQUAD_MINI / name).read_bytes())
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_bytes((SQUAD_MINI / "qrels" / "test.tsv").read_bytes())
+    write_items(items[:3], tmp_path / "conversations.jsonl")
+    assert load_items(tmp_path, load_beir(tmp_path)) == items[:3]

@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,36 @@ def test_pdf_keeps_page_numbers_and_title():
     assert doc.content_type == PDF.content_type
     assert doc.title == "Guide"
     assert [(s.page, s.text) for s in doc.sections] == [(1, "Alpha page text."), (2, "Beta page text.")]
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"),
+    [
+        ("launch.html", "launch-guide"),  # a browser's print to PDF of launch.html
+        ("Microsoft Word - Launch plan.docx", "launch-guide"),
+        ("/Users/me/Desktop/launch.pdf", "launch-guide"),
+        ("Untitled", "launch-guide"),
+        ("", "launch-guide"),
+        ("Launch guide", "Launch guide"),
+        ("Node.js launch checklist", "Node.js launch checklist"),  # a dot is not yet a file name
+    ],
+)
+def test_a_metadata_title_that_is_a_file_name_is_not_the_title(metadata, expected):
+    doc = load_bytes(pdf_bytes(["Launch at dawn."], title=metadata), "uploads/launch-guide.pdf")
+    assert doc.title == expected
+
+
+def test_html_and_docx_titles_that_are_file_names_fall_back_too():
+    html = b"<html><head><title>index.html</title></head><body><h1>Launch day</h1><p>Text.</p></body></html>"
+    assert load_bytes(html, "page.html").title == "Launch day"  # the first heading, as without a title
+    import docx
+
+    document = docx.Document()
+    document.core_properties.title = "plan.docx"
+    document.add_paragraph("Some text.")
+    out = io.BytesIO()
+    document.save(out)
+    assert load_bytes(out.getvalue(), "uploads/plan-v2.docx").title == "plan-v2"
 
 
 def test_docx_sections_follow_headings():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+from ragtune.ingest import indexer
 from ragtune.ingest.chunking import document_id
 from ragtune.ingest.worker import Worker
 from ragtune.store.base import StoreUnavailableError
@@ -61,3 +62,27 @@ def test_worker_waits_out_a_store_outage_and_releases_a_failed_attempt(system, s
         == "attempt 1 failed, will retry: StoreUnavailableError: Milvus at http://milvus:19530 is unreachable"
     )
     assert system.catalog.get(job.files[0].doc_id).status == "pending"  # redone, without duplicates, on retry
+
+
+def test_worker_records_progress_within_a_large_file(system, settings, monkeypatch):
+    monkeypatch.setattr(indexer, "PROGRESS_SLICE", 2)  # a report every two chunks embedded
+    queue = JobQueue(system.catalog)
+    worker = Worker(system.ingestor, queue, settings.service)
+    text = "\n\n".join(f"Section {i}. " + f"The node pool {i} is drained before the upgrade. " * 18 for i in range(6))
+    job = queue.enqueue([upload("small.md", b"# Small\n\nOne chunk."), upload("big.md", text.encode())])
+    seen: list[tuple[int, int, int]] = []
+    record = queue.record_progress
+
+    def spy(job_id: str, worker_id: str, seq: int, embedded: int, total: int) -> bool:
+        assert record(job_id, worker_id, seq, embedded, total)
+        current = queue.get(job_id).current
+        seen.append((current.seq, current.chunks_embedded, current.chunks_total))
+        return True
+
+    monkeypatch.setattr(queue, "record_progress", spy)
+    assert worker.run_once()
+    total = system.catalog.get(job.files[1].doc_id).chunks
+    assert total > 4
+    assert seen[0] == (0, 0, 1) and seen[1] == (0, 1, 1)
+    big = [embedded for seq, embedded, _ in seen if seq == 1]
+    assert big == [*range(0, total, 2), total] and {t for s, _, t in seen if s == 1} == {total}

@@ -31,12 +31,13 @@ from ragtune.api.errors import install_error_handlers
 from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder
 from ragtune.api.query_service import QueryService
 from ragtune.api.readiness import StoreProbe
-from ragtune.api.routes import documents, health, query, ui
+from ragtune.api.routes import conversations, documents, health, query, ui
 from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
 from ragtune.embed.batching import BatchingEmbedder
 from ragtune.ingest.worker import Worker
+from ragtune.store.conversations import Conversations
 from ragtune.store.jobs import JobQueue
 from ragtune.store.keys import KeyStore
 from ragtune.store.timed import TimedStore
@@ -63,6 +64,7 @@ def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedd
     assert system.rag is not None  # built with its generator
     probe = StoreProbe(settings.resolved_milvus_uri())
     queue = JobQueue(system.catalog)
+    conversation_store = Conversations(system.catalog)
     service = settings.service
     authenticator = Authenticator(service.api_keys, KeyStore(system.catalog))
     authenticator.refresh()
@@ -72,7 +74,8 @@ def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedd
         metrics=metrics,
         probe=probe,
         queue=queue,
-        queries=QueryService(system.rag, settings.retrieval.mode, metrics, probe),
+        queries=QueryService(system.rag, settings.retrieval.mode, metrics, probe, conversation_store, system.catalog),
+        conversations=conversation_store,
         authenticator=authenticator,
         limiter=RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst),
     )
@@ -110,7 +113,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     )
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (health, documents, query, ui):
+    for module in (health, documents, query, conversations, ui):
         app.include_router(module.router)
     app.mount("/ui", StaticFiles(directory=ui.WEB_DIR), name="ui")
 
@@ -131,7 +134,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             max_age=600,
         )
     endpoints = [r for r in app.router.routes if isinstance(r, (Route, Mount))]
-    endpoints += [r for module in (health, documents, query, ui) for r in module.router.routes]
+    endpoints += [r for module in (health, documents, query, conversations, ui) for r in module.router.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=endpoints)
     return app
 

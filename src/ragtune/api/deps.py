@@ -16,6 +16,7 @@ from ragtune.api.readiness import StoreProbe
 from ragtune.api.security import Authenticator, RateLimiter
 from ragtune.config import Settings
 from ragtune.ingest.worker import Worker
+from ragtune.store.conversations import Conversations
 from ragtune.store.jobs import JobQueue
 from ragtune.system import System
 
@@ -28,6 +29,7 @@ class Services:
     probe: StoreProbe
     queue: JobQueue
     queries: QueryService
+    conversations: Conversations
     authenticator: Authenticator
     limiter: RateLimiter
     worker: Worker | None = None  # the in-process worker, when RAGTUNE_EMBEDDED_WORKER is on
@@ -44,3 +46,11 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_owner(request: Request) -> str:
+    """Whose conversations a request sees: its API key's hash (set by the auth middleware), "" without keys."""
+    return str(request.scope.get("state", {}).get("identity", ""))
+
+
+OwnerDep = Annotated[str, Depends(get_owner)]

@@ -16,8 +16,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ragtune.embed.embedders import EmbeddingError
+from ragtune.generate.openai_compat import LLMServerError
+from ragtune.pipeline import MultiQueryUnavailableError
 from ragtune.store.base import StoreError, StoreUnavailableError
 from ragtune.store.catalog import CatalogError
+from ragtune.store.conversations import ConversationConflictError, ConversationNotFoundError
 from ragtune.types import QuestionError
 
 log = logging.getLogger("ragtune.api")
@@ -83,6 +86,24 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(QuestionError)
     async def _question(_: Request, exc: QuestionError) -> JSONResponse:
         return error_response(422, "invalid_question", str(exc))
+
+    @app.exception_handler(ConversationNotFoundError)
+    async def _no_conversation(_: Request, exc: ConversationNotFoundError) -> JSONResponse:
+        return error_response(
+            404, "conversation_not_found", f"{exc}; start one with POST /v1/conversations or omit conversation_id"
+        )
+
+    @app.exception_handler(ConversationConflictError)
+    async def _conversation_conflict(_: Request, exc: ConversationConflictError) -> JSONResponse:
+        return error_response(409, "conversation_conflict", str(exc))
+
+    @app.exception_handler(LLMServerError)
+    async def _llm(_: Request, exc: LLMServerError) -> JSONResponse:
+        return error_response(502, "llm_unavailable", str(exc))
+
+    @app.exception_handler(MultiQueryUnavailableError)
+    async def _no_multi_query(_: Request, exc: MultiQueryUnavailableError) -> JSONResponse:
+        return error_response(400, "multi_query_unavailable", str(exc))
 
     @app.exception_handler(StoreError)
     async def _store(_: Request, exc: StoreError) -> JSONResponse:

@@ -44,13 +44,17 @@ from ragtune.api.schemas import (
     Usage,
 )
 from ragtune.config import RetrievalMode
+from ragtune.generate.rewrite import RuleCondenser
 from ragtune.pipeline import RagPipeline
-from ragtune.types import Answer, Filters, check_question
+from ragtune.store.catalog import Catalog
+from ragtune.store.conversations import HISTORY_TURNS, ConversationConflictError, Conversations
+from ragtune.types import Answer, Filters, Turn, check_question
 
 log = logging.getLogger("ragtune.api")
 
 MODEL_ID = "ragtune"
 _TOKEN = re.compile(r"\S+\s*|\s+")
+_SOURCE_LINE = re.compile(r"^\[\d{1,3}\] (.+?)(?:, page \d+)?$", re.MULTILINE)
 
 
 def tokens(text: str) -> list[str]:
@@ -90,27 +94,45 @@ class _WordBudget:
 
 
 class QueryService:
-    """Runs questions through the pipeline and records their metrics."""
+    """Runs questions through the pipeline, keeps conversations, and records the metrics."""
 
     def __init__(
-        self, rag: RagPipeline, default_mode: RetrievalMode, metrics: ServiceMetrics, probe: StoreProbe
+        self,
+        rag: RagPipeline,
+        default_mode: RetrievalMode,
+        metrics: ServiceMetrics,
+        probe: StoreProbe,
+        conversations: Conversations,
+        catalog: Catalog,
     ) -> None:
         self.rag, self.default_mode, self.metrics, self.probe = rag, default_mode, metrics, probe
+        self.conversations, self.catalog = conversations, catalog
 
     # --- POST /v1/query ------------------------------------------------------------------
-    def query(self, request: QueryRequest) -> QueryResponse:
+    def query(self, request: QueryRequest, owner: str = "") -> QueryResponse:
+        history, replace_seq = self._history(request, owner)
         if request.retrieve_only:
-            return self._retrieve(request)
+            return self._retrieve(request, history)
         mode = self._mode(request)
         self.probe.require()
-        answer = self.rag.ask(request.question, request.top_k, mode, self._filters(request))
+        answer = self.rag.ask(
+            request.question,
+            request.top_k,
+            mode,
+            self._filters(request),
+            history=history,
+            min_relevance=request.min_relevance,
+            multi_query=request.multi_query,
+        )
         self._observe(answer, mode)
-        return QueryResponse.of(answer)
+        self._remember(request, answer, owner, replace_seq)
+        return QueryResponse.of(answer, request.conversation_id)
 
-    def query_events(self, request: QueryRequest) -> Iterator[str]:
+    def query_events(self, request: QueryRequest, owner: str = "") -> Iterator[str]:
         """The SSE stream: token…, done; started (see the module docstring) before returning."""
         mode = self._mode(request)
-        items = self._start(request.question, request, mode)
+        history, replace_seq = self._history(request, owner)
+        items = self._start(request.question, request, mode, history)
 
         def events() -> Iterator[str]:
             try:
@@ -119,7 +141,14 @@ class QueryService:
                         yield sse("token", TokenEvent(text=item).model_dump())
                     else:
                         self._observe(item, mode)
-                        yield sse("done", QueryResponse.of(item).model_dump(mode="json"))
+                        stored = request.conversation_id
+                        try:
+                            self._remember(request, item, owner, replace_seq)
+                        except (ConversationConflictError, KeyError) as exc:
+                            # The answer is whole: it is still sent, said to be unstored.
+                            log.warning("answer not stored in conversation %s: %s", request.conversation_id, exc)
+                            stored, item.debug["conversation_error"] = None, str(exc)
+                        yield sse("done", QueryResponse.of(item, stored).model_dump(mode="json"))
             except Exception as exc:  # the 200 is sent: a failure can only be reported as an event
                 log.exception("answer stream failed")
                 yield sse("error", error_body("stream_failed", f"the answer stopped: {type(exc).__name__}: {exc}"))
@@ -129,7 +158,7 @@ class QueryService:
     # --- POST /v1/chat/completions -------------------------------------------------------
     def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
         self.probe.require()
-        answer = self.rag.ask(request.question())
+        answer = self.rag.ask(request.question(), history=self._chat_history(request))
         self._observe(answer, self.default_mode)
         citations = [CitationOut.of(c) for c in answer.citations]
         full = answer.text + sources_block(citations)
@@ -149,6 +178,7 @@ class QueryService:
             ],
             usage=Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion),
             citations=citations,
+            rewritten_question=answer.rewritten_question,
         )
 
     def chat_chunks(self, request: ChatCompletionRequest) -> Iterator[str]:
@@ -156,7 +186,7 @@ class QueryService:
         written, then its source list), a final chunk with finish_reason and the citations,
         and ``data: [DONE]``."""
         mode = self.default_mode
-        items = self._start(request.question(), None, mode)
+        items = self._start(request.question(), None, mode, self._chat_history(request))
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
 
@@ -196,30 +226,88 @@ class QueryService:
         return stream()
 
     # --- helpers -------------------------------------------------------------------------
-    def _start(self, question: str, request: QueryRequest | None, mode: RetrievalMode) -> Iterable[str | Answer]:
+    def _start(
+        self, question: str, request: QueryRequest | None, mode: RetrievalMode, history: list[Turn]
+    ) -> Iterable[str | Answer]:
         """RagPipeline.stream, advanced to its first item so that its early failures raise here."""
         self.probe.require()
-        items = self.rag.stream(question, request.top_k if request else None, mode, self._filters(request))
+        items = self.rag.stream(
+            question,
+            request.top_k if request else None,
+            mode,
+            self._filters(request),
+            history=history,
+            min_relevance=request.min_relevance if request else None,
+            multi_query=request.multi_query if request else False,
+        )
         first = next(items)
         return itertools.chain([first], items)
 
-    def _retrieve(self, request: QueryRequest) -> QueryResponse:
-        # The rules of RagPipeline.ask, which retrieval-only requests do not go through.
-        question = check_question(request.question, self.rag.max_question_chars)
+    def _retrieve(self, request: QueryRequest, history: list[Turn]) -> QueryResponse:
         self.probe.require()
         mode = self._mode(request)
         started = time.perf_counter()
-        hits = self.rag.retriever.run(question, request.top_k, mode, self._filters(request))
-        seconds = time.perf_counter() - started
-        self.metrics.retrieval.labels(mode=mode).observe(seconds)
+        searched, found, debug = self.rag.search(
+            request.question,
+            request.top_k,
+            mode,
+            self._filters(request),
+            history=history,
+            min_relevance=request.min_relevance,
+            multi_query=request.multi_query,
+        )
+        hits = self.rag.retriever.expand(found)  # what the generator would read
+        rewrite_ms = debug.get("rewrite_ms", 0.0)
+        retrieve_ms = round((time.perf_counter() - started) * 1000 - rewrite_ms, 2)
+        self.metrics.retrieval.labels(mode=mode).observe(retrieve_ms / 1000)
+        question = check_question(request.question)
         return QueryResponse(
             question=question,
+            rewritten_question=searched if searched != question else None,
             answer=None,
             abstained=False,
             citations=[],
             retrieved=[RetrievedChunk.of(h) for h in hits],
-            timings_ms={"retrieve": round(seconds * 1000, 2)},
+            timings_ms={**({"rewrite": rewrite_ms} if "rewrite_ms" in debug else {}), "retrieve": retrieve_ms},
+            conversation_id=None,  # nothing answered, nothing stored
+            debug=debug,
         )
+
+    def _history(self, request: QueryRequest, owner: str) -> tuple[list[Turn], int | None]:
+        """The turns a follow-up is read against and, to regenerate, the turn it replaces;
+        an unknown conversation (404) or nothing to regenerate (409) fail before any work."""
+        if request.conversation_id is None:
+            return [], None
+        replace_seq = None
+        if request.regenerate:
+            replace_seq = self.conversations.last_seq(request.conversation_id, owner)
+            if replace_seq is None:
+                raise ConversationConflictError(
+                    f"conversation {request.conversation_id!r} has no answer to regenerate; ask a question first"
+                )
+        history = self.conversations.history(request.conversation_id, owner, drop_last=request.regenerate)
+        return history, replace_seq
+
+    def _remember(self, request: QueryRequest, answer: Answer, owner: str, replace_seq: int | None) -> None:
+        if request.conversation_id is not None:
+            self.conversations.append(
+                request.conversation_id, answer.turn(), answer.citations, answer.abstained, owner, replace_seq
+            )
+
+    def _chat_history(self, request: ChatCompletionRequest) -> list[Turn]:
+        """The earlier messages as turns. A ragtune answer ends in its source list; those
+        sources' titles (from the catalog) tell a follow-up what the last answer was about.
+        Earlier follow-ups are made standalone again by the rules (no LLM call per turn), so
+        a chain of follow-ups ("And in 2023?", "And in 2024?") reads the first question's subject."""
+        turns: list[Turn] = []
+        rules = RuleCondenser()
+        for question, answer in request.exchanges()[-HISTORY_TURNS:]:
+            text, _, sources = answer.partition("\n\nSources:\n")
+            records = (self.catalog.find(s) for s in _SOURCE_LINE.findall(sources))
+            titles = tuple(r.title for r in records if r is not None and r.title)
+            searched = rules.condense(question, turns).question if turns else question
+            turns.append(Turn(question, text, searched if searched != question else None, titles))
+        return turns
 
     def _observe(self, answer: Answer, mode: RetrievalMode) -> None:
         generator = self.rag.generator.name

@@ -19,12 +19,12 @@ from ragtune.store.jobs import Job, JobFile
 from ragtune.types import Answer, Citation, Filters, Hit
 
 
-def _utc(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; they were written in UTC.
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -79,8 +79,8 @@ class DocumentOut(BaseModel):
             content_type=record.content_type,
             size_bytes=record.size_bytes,
             tags=list(record.tags),
-            created_at=_utc(record.created_at),
-            updated_at=_utc(record.updated_at),
+            created_at=as_utc(record.created_at),
+            updated_at=as_utc(record.updated_at),
         )
 
 
@@ -105,10 +105,20 @@ class UploadedDocument(BaseModel):
     content_type: str
 
 
+class RejectedFile(BaseModel):
+    filename: str = Field(description="The name the client gave, reduced to its last component.")
+    status: int = Field(description="The HTTP status this file alone would have been refused with.")
+    code: str = Field(examples=["invalid_encoding"])
+    message: str = Field(description="Why, and what to do about it.")
+
+
 class UploadAccepted(BaseModel):
     job_id: str
     status_url: str
-    documents: list[UploadedDocument]
+    documents: list[UploadedDocument] = Field(description="The files queued for indexing.")
+    rejected: list[RejectedFile] = Field(
+        default_factory=list, description="The files of the request that were refused, each with its reason."
+    )
 
 
 class JobFileOut(BaseModel):
@@ -133,6 +143,13 @@ class JobFileOut(BaseModel):
         )
 
 
+class CurrentFileOut(BaseModel):
+    seq: int = Field(description="The file's index in `files`.")
+    filename: str
+    chunks_embedded: int = Field(description="Chunks of this file embedded so far.")
+    chunks_total: int = Field(description="Chunks this file was split into.")
+
+
 class JobOut(BaseModel):
     id: str
     state: Literal["queued", "running", "done", "failed"]
@@ -140,6 +157,10 @@ class JobOut(BaseModel):
     files_done: int
     files_failed: int
     chunks: int
+    progress: float = Field(
+        ge=0, le=1, description="Share of the job done: finished files plus the embedded share of the current one."
+    )
+    current_file: CurrentFileOut | None = Field(description="The file being indexed now, while the job runs.")
     attempts: int
     error: str
     tags: list[str]
@@ -149,6 +170,17 @@ class JobOut(BaseModel):
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
+        current = None
+        done = float(job.files_done)
+        now = job.current if job.state == "running" else None
+        if now is not None and now.seq < len(job.files) and job.files[now.seq].status == "queued":
+            current = CurrentFileOut(
+                seq=now.seq,
+                filename=job.files[now.seq].filename,
+                chunks_embedded=now.chunks_embedded,
+                chunks_total=now.chunks_total,
+            )
+            done += now.chunks_embedded / now.chunks_total if now.chunks_total else 0.0
         return cls(
             id=job.id,
             state=job.state,
@@ -156,17 +188,19 @@ class JobOut(BaseModel):
             files_done=job.files_done,
             files_failed=job.files_failed,
             chunks=job.chunks,
+            progress=1.0 if job.state == "done" else min(1.0, done / job.files_total) if job.files_total else 0.0,
+            current_file=current,
             attempts=job.attempts,
             error=job.error,
             tags=list(job.tags),
-            created_at=_utc(job.created_at),
-            updated_at=_utc(job.updated_at),
+            created_at=as_utc(job.created_at),
+            updated_at=as_utc(job.updated_at),
             files=[JobFileOut.of(f) for f in job.files],
         )
 
 
 # --- questions -------------------------------------------------------------------------------
-class QueryFilters(_Strict):
+class QueryFilters(StrictModel):
     sources: list[str] = Field(default_factory=list, max_length=100, description="Only these document sources.")
     tags: list[str] = Field(default_factory=list, max_length=32, description="Only documents with any of these tags.")
     document_ids: list[str] = Field(default_factory=list, max_length=100)
@@ -175,7 +209,7 @@ class QueryFilters(_Strict):
         return Filters(sources=tuple(self.sources), tags=tuple(self.tags), doc_ids=tuple(self.document_ids))
 
 
-class QueryRequest(_Strict):
+class QueryRequest(StrictModel):
     # Its length limit is RAGTUNE_MAX_QUESTION_CHARS, checked by the pipeline (a 422 naming
     # the setting); the request body limit bounds what is parsed at all.
     question: str = Field(min_length=1, examples=["How does hybrid search merge results?"])
@@ -184,11 +218,29 @@ class QueryRequest(_Strict):
     filters: QueryFilters | None = None
     stream: bool = Field(False, description="Answer as Server-Sent Events: token…, then done (this response).")
     retrieve_only: bool = Field(False, description="Return the retrieved chunks without writing an answer.")
+    conversation_id: str | None = Field(
+        None,
+        max_length=64,
+        description="Answer as a follow-up in this conversation (POST /v1/conversations) and store it as its next turn.",
+    )
+    regenerate: bool = Field(False, description="With conversation_id: answer again, replacing the last turn.")
+    min_relevance: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="Drop chunks whose cosine similarity to the question is below this (the setting "
+        "RAGTUNE_MIN_RELEVANCE is the extractive answerer's threshold on its best sentence).",
+    )
+    multi_query: bool = Field(
+        False, description="Also search the LLM's paraphrases of the question and fuse the rankings (LLM backends)."
+    )
 
     @model_validator(mode="after")
-    def _stream_needs_an_answer(self) -> QueryRequest:
+    def _consistent(self) -> QueryRequest:
         if self.stream and self.retrieve_only:
             raise ValueError("stream=true streams an answer and retrieve_only=true asks for none; set one of them")
+        if self.regenerate and not self.conversation_id:
+            raise ValueError("regenerate=true replaces a conversation's last turn; give its conversation_id")
         return self
 
 
@@ -246,21 +298,31 @@ class RetrievedChunk(BaseModel):
 
 class QueryResponse(BaseModel):
     question: str
+    rewritten_question: str | None = Field(
+        None, description="The standalone question searched, when a follow-up was rewritten; else null."
+    )
     answer: str | None = Field(description="With [n] citation markers; null when retrieve_only.")
     abstained: bool = Field(description="True when the documents do not contain the answer.")
     citations: list[CitationOut]
     retrieved: list[RetrievedChunk]
     timings_ms: dict[str, float]
+    conversation_id: str | None = Field(None, description="The conversation this answer was stored in.")
+    debug: dict[str, Any] = Field(
+        default_factory=dict, description="How the question was rewritten: the condenser, its prompt and reply."
+    )
 
     @classmethod
-    def of(cls, answer: Answer) -> QueryResponse:
+    def of(cls, answer: Answer, conversation_id: str | None = None) -> QueryResponse:
         return cls(
             question=answer.question,
+            rewritten_question=answer.rewritten_question,
             answer=answer.text,
             abstained=answer.abstained,
             citations=[CitationOut.of(c) for c in answer.citations],
             retrieved=[RetrievedChunk.of(h) for h in answer.hits],
             timings_ms=answer.timings_ms,
+            conversation_id=conversation_id,
+            debug=answer.debug,
         )
 
 
@@ -298,8 +360,20 @@ class ChatCompletionRequest(BaseModel):
         return messages
 
     def question(self) -> str:
-        """The last user message: ragtune answers one question at a time from the documents."""
+        """The last user message: the question answered from the documents."""
         return next(m.text() for m in reversed(self.messages) if m.role == "user" and m.text().strip())
+
+    def exchanges(self) -> list[tuple[str, str]]:
+        """The (question, answer) pairs before the last user message, oldest first: its conversation."""
+        last = max(i for i, m in enumerate(self.messages) if m.role == "user" and m.text().strip())
+        pairs: list[tuple[str, str]] = []
+        for message in self.messages[:last]:
+            text = message.text().strip()
+            if message.role == "user" and text:
+                pairs.append((text, ""))
+            elif message.role == "assistant" and pairs and not pairs[-1][1]:
+                pairs[-1] = (pairs[-1][0], text)
+        return pairs
 
 
 class ChatCompletionMessage(BaseModel):
@@ -327,6 +401,9 @@ class ChatCompletion(BaseModel):
     choices: list[ChatCompletionChoice]
     usage: Usage
     citations: list[CitationOut] = Field(description="ragtune extension: the sources behind the [n] markers.")
+    rewritten_question: str | None = Field(
+        None, description="ragtune extension: the standalone question searched, when the last message was a follow-up."
+    )
 
 
 class ChatCompletionDelta(BaseModel):

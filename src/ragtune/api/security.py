@@ -122,6 +122,7 @@ class AuthMiddleware:
                 )
                 await response(scope, receive, send)
                 return
+            scope.setdefault("state", {})["identity"] = identity  # whose conversations (ragtune.api.deps)
             wait = limiter.acquire(identity)
             if wait > 0:
                 seconds = max(1, math.ceil(wait))

@@ -33,7 +33,7 @@ _SOURCE_PREFIX = "corpus:"
 _QUERY_BATCH = 64
 
 
-def _log(message: str) -> None:
+def log_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
@@ -54,7 +54,7 @@ def indexed_dataset(
                 for doc in dataset.corpus.values()
             )
             report = system.ingestor.ingest_documents(docs)
-            _log(
+            log_progress(
                 f"indexed {len(dataset.corpus)} records as {report.chunks} chunks in {time.perf_counter() - started:.1f}s"
             )
             yield system
@@ -62,7 +62,7 @@ def indexed_dataset(
             system.close()
 
 
-def _doc_ranking(hits: list[Any], depth: int = 100) -> list[str]:
+def doc_ranking(hits: list[Any], depth: int = 100) -> list[str]:
     ranking: list[str] = []
     for hit in hits:
         doc = hit.source.removeprefix(_SOURCE_PREFIX)
@@ -88,7 +88,7 @@ def evaluate_retrieval(
     dataset_dir: str | Path, settings: Settings, mode: RetrievalMode = "hybrid", limit: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
     dataset = load_beir(dataset_dir)
-    query_ids = _sample([q for q in dataset.queries if q in dataset.qrels], limit, seed)
+    query_ids = fixed_sample([q for q in dataset.queries if q in dataset.qrels], limit, seed)
     with indexed_dataset(dataset, settings, generator=False) as system:
         started = time.perf_counter()
         rankings: dict[str, list[str]] = {}
@@ -96,7 +96,7 @@ def evaluate_retrieval(
             batch = query_ids[start : start + _QUERY_BATCH]
             # Three chunks per document rank plenty of distinct documents for @10 metrics.
             hits = system.retriever.run_many([dataset.queries[q] for q in batch], top_k=30, mode=mode)
-            rankings.update({q: _doc_ranking(h) for q, h in zip(batch, hits)})
+            rankings.update({q: doc_ranking(h) for q, h in zip(batch, hits)})
         elapsed = time.perf_counter() - started
     qrels = {q: dataset.qrels[q] for q in query_ids}
     return {
@@ -123,8 +123,8 @@ def evaluate_answers(
     mode: RetrievalMode | None = None,
 ) -> dict[str, Any]:
     dataset = load_beir(dataset_dir)
-    answerable = _sample([q for q in dataset.queries if dataset.answers.get(q)], limit, seed)
-    unanswerable = _sample(list(dataset.unanswerable), limit, seed)
+    answerable = fixed_sample([q for q in dataset.queries if dataset.answers.get(q)], limit, seed)
+    unanswerable = fixed_sample(list(dataset.unanswerable), limit, seed)
     if not answerable:
         raise DatasetError(
             f"{dataset_dir}: no query in queries.jsonl has an 'answers' list; answer evaluation needs them"
@@ -146,7 +146,7 @@ def evaluate_answers(
                 cited = " ".join(normalize_answer(c.snippet) for c in answer.citations)
                 supported += any(normalize_answer(g) in cited for g in golds)
             if n % 100 == 0:
-                _log(f"answered {n}/{len(answerable)}")
+                log_progress(f"answered {n}/{len(answerable)}")
         for qid in unanswerable:
             declined += rag.ask(dataset.unanswerable[qid], mode=mode).abstained
     total = len(answerable)
@@ -164,7 +164,7 @@ def evaluate_answers(
     }
 
 
-def _sample(ids: list[str], limit: int | None, seed: int) -> list[str]:
+def fixed_sample(ids: list[str], limit: int | None, seed: int) -> list[str]:
     """A fixed-seed sample, so a --limit run measures the same questions every time."""
     if limit is None or limit >= len(ids):
         return ids

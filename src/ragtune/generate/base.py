@@ -44,6 +44,15 @@ class Generator(Protocol):
     def generate(self, question: str, hits: list[Hit]) -> Generation: ...
 
 
+@runtime_checkable
+class ChatModel(Protocol):
+    """An LLM backend that also writes free text: the query rewriters (`ragtune.generate.rewrite`) use it."""
+
+    def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+        """The model's reply to `messages`, greedy, at most `max_new_tokens` tokens."""
+        ...
+
+
 ReturnT = TypeVar("ReturnT")
 
 

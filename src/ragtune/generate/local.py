@@ -278,3 +278,6 @@ class LocalGenerator:
 
     def generate(self, question: str, hits: list[Hit]) -> Generation:
         return run_to_end(self.stream(question, hits))
+
+    def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+        return self.lm.complete(self.lm.chat_prompt(messages), SamplingParams(max_new_tokens=max_new_tokens)).text

@@ -169,13 +169,19 @@ class OpenAICompatGenerator:
         return self.model
 
     # --- chat ------------------------------------------------------------------------
-    def chat(self, messages: list[dict[str, str]], stream: bool) -> PyGenerator[str, None, tuple[str, dict[str, int]]]:
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        stream: bool,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> PyGenerator[str, None, tuple[str, dict[str, int]]]:
         """Yield text deltas of the reply to `messages`; return (text, usage)."""
         body: dict[str, Any] = {
             "model": self._model(),
             "messages": messages,
-            "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "max_tokens": max_tokens or self.max_new_tokens,
+            "temperature": self.temperature if temperature is None else temperature,
             "stream": stream,
         }
         if stream:
@@ -214,6 +220,10 @@ class OpenAICompatGenerator:
 
     def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
         return (yield from self._answer(question, hits, stream=True))
+
+    def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
+        text, _usage = run_to_end(self.chat(messages, stream=False, max_tokens=max_new_tokens, temperature=0.0))
+        return text
 
     def generate(self, question: str, hits: list[Hit]) -> Generation:
         return run_to_end(self._answer(question, hits, stream=False))

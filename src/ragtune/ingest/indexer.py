@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from ragtune.config import IngestSettings
@@ -31,6 +32,11 @@ from ragtune.ingest.loaders import load_bytes
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
 from ragtune.types import Chunk, LoadedDocument
+
+# Chunks embedded between two progress reports when a caller follows progress (the job worker):
+# over the API's question-batching size, so each slice still goes to the model directly.
+PROGRESS_SLICE = 128
+Progress = Callable[[int, int], None]  # (chunks embedded so far, chunks in all)
 
 
 @dataclass
@@ -134,10 +140,13 @@ class Ingestor:
                     self._prune(root, shard, seen, report)
         return report
 
-    def ingest_bytes(self, data: bytes, source: str, tags: tuple[str, ...] = ()) -> IngestReport:
-        """Index one in-memory file (an upload) under the name `source`."""
+    def ingest_bytes(
+        self, data: bytes, source: str, tags: tuple[str, ...] = (), on_progress: Progress | None = None
+    ) -> IngestReport:
+        """Index one in-memory file (an upload) under the name `source`; `on_progress(embedded,
+        total)` is called as its chunks are embedded (first with 0, then every few batches)."""
         report = IngestReport()
-        self._index([(source, lambda: data)], tags, report)
+        self._index([(source, lambda: data)], tags, report, on_progress=on_progress)
         return report
 
     def ingest_documents(self, docs: Iterable[LoadedDocument], tags: tuple[str, ...] = ()) -> IngestReport:
@@ -161,6 +170,7 @@ class Ingestor:
         tags: tuple[str, ...],
         report: IngestReport,
         on_done: Callable[[], None] = lambda: None,
+        on_progress: Progress | None = None,
     ) -> None:
         known = self.catalog.states()
         batch: list[_Prepared] = []
@@ -169,10 +179,10 @@ class Ingestor:
             if prepared is not None:
                 batch.append(prepared)
                 if sum(len(p.chunks) for p in batch) >= self.settings.batch_chunks:
-                    self._store(batch, report)
+                    self._store(batch, report, on_progress)
                     batch = []
             on_done()
-        self._store(batch, report)
+        self._store(batch, report, on_progress)
 
     def _prepare(
         self,
@@ -206,11 +216,20 @@ class Ingestor:
             return None
         return _Prepared(PendingDocument(doc_id, source, content_hash, size, tags), doc, chunks)
 
-    def _store(self, batch: list[_Prepared], report: IngestReport) -> None:
+    def _store(self, batch: list[_Prepared], report: IngestReport, on_progress: Progress | None = None) -> None:
         if not batch:
             return
         chunks = [c for p in batch for c in p.chunks]
-        vectors = self.embedder.embed([c.text for c in chunks])
+        texts = [c.text for c in chunks]
+        if on_progress is None:
+            vectors = self.embedder.embed(texts)
+        else:  # in slices, reporting after each: a large file's progress moves as it embeds
+            on_progress(0, len(texts))
+            parts, step = [], PROGRESS_SLICE
+            for start in range(0, len(texts), step):
+                parts.append(self.embedder.embed(texts[start : start + step]))
+                on_progress(min(start + step, len(texts)), len(texts))
+            vectors = np.concatenate(parts) if parts else self.embedder.embed([])
         # pending before the old chunks go, indexed only after the new ones are stored:
         # a run killed in between leaves pending documents that the next run redoes.
         self.catalog.mark_pending(p.pending for p in batch)

@@ -132,7 +132,11 @@ class Worker:
                 log.info("worker %s stopping: job %s handed back at file %d", self.id, job.id, file.seq)
                 return
             data = self.queue.file_data(job.id, file.seq)
-            report = self.ingestor.ingest_bytes(data, file.source, job.tags)
+
+            def progress(embedded: int, total: int, seq: int = file.seq) -> None:
+                self.queue.record_progress(job.id, self.id, seq, embedded, total)
+
+            report = self.ingestor.ingest_bytes(data, file.source, job.tags, on_progress=progress)
             if report.failed:
                 status, chunks, error = FILE_FAILED, 0, report.failed[0][1]
             elif report.unchanged:

@@ -16,8 +16,11 @@ from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Literal, Protocol, TypeVar
 
+import numpy as np
+
 from ragtune.config import RetrievalMode, RetrievalSettings
 from ragtune.embed import Embedder
+from ragtune.retrieve.context import expand_context
 from ragtune.store.base import VectorStore
 from ragtune.types import Filters, Hit, check_question
 
@@ -106,6 +109,41 @@ class Retriever:
                 hits = self.reranker.rerank(query, hits)
             results.append(hits[:top_k])
         return results
+
+    def run_fused(
+        self,
+        queries: list[str],
+        top_k: int | None = None,
+        mode: RetrievalMode | None = None,
+        filters: Filters | None = None,
+    ) -> list[Hit]:
+        """Multi-query search: each query's ranking (to the candidate depth), fused by equal-weight RRF."""
+        top_k = self.settings.top_k if top_k is None else top_k
+        rankings = self.run_many(queries, max(top_k, self.settings.candidates), mode, filters)
+        by_id = {h.id: h for hits in reversed(rankings) for h in hits}  # the first query's copy wins
+        fused = reciprocal_rank_fusion(
+            [[h.id for h in hits] for hits in rankings], [1.0] * len(rankings), self.settings.rrf_k
+        )
+        return [replace(by_id[i], score=s, scores={**by_id[i].scores, "multi_query_rrf": s}) for i, s in fused[:top_k]]
+
+    def relevant(self, query: str, hits: list[Hit], min_relevance: float) -> list[Hit]:
+        """The hits whose cosine similarity to `query` is at least `min_relevance`; each keeps it
+        as ``scores["relevance"]``. Computed afresh for every hit: a fused, reranked or
+        multi-query score is not the similarity to this query, and BM25-only hits have none."""
+        if not hits:
+            return hits
+        vectors = np.asarray(self.embedder.embed([query, *(h.text for h in hits)]), dtype=np.float32)
+        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        similarity = vectors[1:] @ vectors[0]
+        return [
+            replace(h, scores={**h.scores, "relevance": float(s)})
+            for h, s in zip(hits, similarity)
+            if s >= min_relevance
+        ]
+
+    def expand(self, hits: list[Hit], window: int | None = None) -> list[Hit]:
+        """`hits` with their neighbouring chunks (`ragtune.retrieve.context`); window default RAGTUNE_CONTEXT_WINDOW."""
+        return expand_context(self.store, hits, self.settings.context_window if window is None else window)
 
     def _search(self, ranking: Ranking, queries: list[str], limit: int, filters: Filters | None) -> list[list[Hit]]:
         if ranking == "dense":

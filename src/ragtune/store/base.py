@@ -65,6 +65,10 @@ class VectorStore(Protocol):
         """The stored chunks of one document, in order."""
         ...
 
+    def fetch(self, chunk_ids: Sequence[str]) -> list[Hit]:
+        """The stored chunks with these ids (those that exist), in id order."""
+        ...
+
     def ping(self) -> None:
         """Raises StoreUnavailableError unless the store answers."""
         ...

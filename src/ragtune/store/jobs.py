@@ -98,6 +98,19 @@ class JobFileRow(TableBase):
     error: Mapped[str] = mapped_column(Text, default="")
 
 
+class JobProgressRow(TableBase):
+    """How far the worker is within the file it is indexing now: one row per job, rewritten as
+    the file's chunks are embedded (a table of its own, so databases made before it only gain
+    a table, never a column)."""
+
+    __tablename__ = "job_progress"
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_embedded: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_total: Mapped[int] = mapped_column(Integer, default=0)
+
+
 @dataclass(frozen=True)
 class NewFile:
     filename: str  # as the client named it, for display only
@@ -119,6 +132,15 @@ class JobFile:
 
 
 @dataclass(frozen=True)
+class FileProgress:
+    """The file a running job is on (`seq`) and how many of its chunks are embedded."""
+
+    seq: int
+    chunks_embedded: int
+    chunks_total: int
+
+
+@dataclass(frozen=True)
 class Job:
     id: str
     state: str
@@ -133,6 +155,7 @@ class Job:
     created_at: datetime
     updated_at: datetime
     files: tuple[JobFile, ...]
+    current: FileProgress | None = None
 
 
 class JobQueue:
@@ -146,6 +169,7 @@ class JobQueue:
             tables=[
                 TableBase.metadata.tables[JobRow.__tablename__],
                 TableBase.metadata.tables[JobFileRow.__tablename__],
+                TableBase.metadata.tables[JobProgressRow.__tablename__],
             ],
         )
 
@@ -193,6 +217,7 @@ class JobQueue:
                 .where(JobFileRow.job_id == job_id)
                 .order_by(JobFileRow.seq)
             ).all()
+            progress = s.get(JobProgressRow, job_id)
             return Job(
                 row.id,
                 row.state,
@@ -207,6 +232,7 @@ class JobQueue:
                 row.created_at,
                 row.updated_at,
                 tuple(JobFile(*f) for f in files),
+                FileProgress(progress.seq, progress.chunks_embedded, progress.chunks_total) if progress else None,
             )
 
     def file_data(self, job_id: str, seq: int) -> bytes:
@@ -286,6 +312,22 @@ class JobQueue:
                     .values(lease_until=time.time() + lease_seconds),
                 )
             )
+
+    def record_progress(self, job_id: str, worker_id: str, seq: int, chunks_embedded: int, chunks_total: int) -> bool:
+        """Records how many chunks of file `seq` are embedded so far (so progress moves within a
+        large file, not only per file); False if the job is no longer ours."""
+        with self.catalog.session() as s, s.begin():
+            owned = s.scalar(
+                select(func.count())
+                .select_from(JobRow)
+                .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
+            )
+            if not owned:
+                return False
+            values = {"seq": seq, "chunks_embedded": chunks_embedded, "chunks_total": chunks_total}
+            if not _changed(s, update(JobProgressRow).where(JobProgressRow.job_id == job_id).values(**values)):
+                s.add(JobProgressRow(job_id=job_id, **values))
+            return True
 
     def record_file(self, job_id: str, worker_id: str, seq: int, status: str, chunks: int, error: str = "") -> bool:
         """Records one file's outcome and the job's progress; False if the job is no longer ours."""

@@ -255,6 +255,19 @@ class MilvusStore:
         )
         return sorted((_hit({"entity": r, "distance": 0.0}, "") for r in rows), key=lambda h: h.id)
 
+    def fetch(self, chunk_ids: Sequence[str]) -> list[Hit]:
+        if not chunk_ids:
+            return []
+        expression = f"id in {json.dumps(list(chunk_ids), ensure_ascii=False)}"
+        # The same empty-result decoding failure as in `chunks`: look before querying.
+        found = self._call(self._client.query, self.collection, filter=expression, output_fields=["count(*)"])
+        if not int(found[0]["count(*)"]):
+            return []
+        rows = self._call(
+            self._client.query, self.collection, filter=expression, output_fields=_OUTPUT_FIELDS, limit=len(chunk_ids)
+        )
+        return sorted((_hit({"entity": r, "distance": 0.0}, "") for r in rows), key=lambda h: h.id)
+
     def ping(self) -> None:
         """Raises StoreUnavailableError unless the collection answers."""
         self.count(Filters(doc_ids=("__ping__",)))

@@ -82,6 +82,10 @@ class TimedStore:
         with self._timed("query"):
             return self.inner.chunks(doc_id, limit)
 
+    def fetch(self, chunk_ids: Sequence[str]) -> list[Hit]:
+        with self._timed("query"):
+            return self.inner.fetch(chunk_ids)
+
     def ping(self) -> None:
         with self._timed("ping"):
             self.inner.ping()

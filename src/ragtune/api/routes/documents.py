@@ -14,10 +14,11 @@ from ragtune.api.schemas import (
     DocumentOut,
     ErrorResponse,
     JobOut,
+    RejectedFile,
     UploadAccepted,
     UploadedDocument,
 )
-from ragtune.api.uploads import check_upload
+from ragtune.api.uploads import CheckedUpload, check_upload, safe_filename
 from ragtune.ingest.formats import supported_names
 from ragtune.types import TagError, check_tags
 
@@ -34,7 +35,10 @@ def upload_documents(
     files: Annotated[list[UploadFile], File(description=f"One or more files: {supported_names()}.")],
     tags: Annotated[list[str], Form(description="Tags for every uploaded document (repeatable).")] = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> UploadAccepted:
-    """Checks every file, then queues one job indexing them all; poll `status_url` for progress."""
+    """Checks every file, then queues one job indexing those that passed; poll `status_url` for
+    progress. A file that fails its checks is listed in `rejected` (with the status and code it
+    would get alone) and the others are still queued; when no file passes, the answer is the
+    4xx error naming each file and its reason."""
     settings = services.settings.service
     if len(files) > settings.max_files_per_request:
         raise ApiError(
@@ -47,12 +51,15 @@ def upload_documents(
         checked_tags = check_tags(tags)
     except TagError as exc:
         raise ApiError(422, "invalid_tags", str(exc)) from None
-    checked = []
+    checked: list[CheckedUpload] = []
+    rejected: list[tuple[str, ApiError]] = []
     for upload in files:
         # Reads at most one byte past the limit: check_upload reports the oversize file.
-        checked.append(
-            check_upload(upload.file.read(settings.max_upload_bytes + 1), upload.filename or "", services.settings)
-        )
+        data = upload.file.read(settings.max_upload_bytes + 1)
+        try:
+            checked.append(check_upload(data, upload.filename or "", services.settings))
+        except ApiError as exc:  # this file only: the others are still queued
+            rejected.append((safe_filename(upload.filename or ""), exc))
     names = [c.file.source for c in checked]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -61,6 +68,8 @@ def upload_documents(
             "duplicate_filename",
             f"several files would become the same document: {', '.join(duplicates)}; rename them",
         )
+    if not checked:
+        raise _nothing_accepted(rejected)
     job = services.queue.enqueue([c.file for c in checked], checked_tags)
     if services.worker is not None:
         services.worker.wake()
@@ -77,6 +86,24 @@ def upload_documents(
             )
             for c in checked
         ],
+        rejected=[
+            RejectedFile(filename=name, status=exc.status_code, code=exc.code, message=str(exc.detail))
+            for name, exc in rejected
+        ],
+    )
+
+
+def _nothing_accepted(rejected: list[tuple[str, ApiError]]) -> ApiError:
+    """The error when every file was refused: a single file's own error, or, for several,
+    one naming each file and its reason (with their status and code when they share one)."""
+    if len(rejected) == 1:
+        return rejected[0][1]
+    statuses = {exc.status_code for _, exc in rejected}
+    codes = {exc.code for _, exc in rejected}
+    return ApiError(
+        statuses.pop() if len(statuses) == 1 else 422,
+        codes.pop() if len(codes) == 1 else "no_file_accepted",
+        f"none of the {len(rejected)} files can be indexed: " + "; ".join(str(exc.detail) for _, exc in rejected),
     )
 
 

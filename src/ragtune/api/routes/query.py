@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 
-from ragtune.api.deps import ServicesDep
+from ragtune.api.deps import OwnerDep, ServicesDep
 from ragtune.api.errors import ApiError
 from ragtune.api.query_service import MODEL_ID
 from ragtune.api.schemas import (
@@ -22,7 +22,9 @@ from ragtune.api.schemas import (
 
 router = APIRouter(prefix="/v1")
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 502, 503)
+}
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering of the stream
 
 
@@ -32,21 +34,25 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no pr
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "JSON, or SSE when stream=true"}},
     tags=["questions"],
 )
-def query(services: ServicesDep, request: QueryRequest) -> QueryResponse | StreamingResponse:
+def query(services: ServicesDep, owner: OwnerDep, request: QueryRequest) -> QueryResponse | StreamingResponse:
     """The answer with numbered citations and timings; with `stream=true`, Server-Sent Events:
     `token` (answer text, in order, as it is written), then `done` (this same response);
-    `error` if the answer fails after the stream began."""
+    `error` if the answer fails after the stream began. With `conversation_id` the question
+    is a follow-up: rewritten into a standalone one (`rewritten_question`) from the turns
+    before it, and stored as the conversation's next turn (a streamed answer when its `done`
+    event is sent: one stopped before that is not stored)."""
     if request.stream:
         return StreamingResponse(
-            services.queries.query_events(request), media_type="text/event-stream", headers=_SSE_HEADERS
+            services.queries.query_events(request, owner), media_type="text/event-stream", headers=_SSE_HEADERS
         )
-    return services.queries.query(request)
+    return services.queries.query(request, owner)
 
 
 @router.post("/chat/completions", response_model=ChatCompletion, responses=_ERRORS, tags=["openai"])
 def chat_completions(services: ServicesDep, request: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
-    """OpenAI Chat Completions: the last user message is answered from the documents, with
-    a source list in the text and the citations in `citations`."""
+    """OpenAI Chat Completions: the last user message is answered from the documents, as a
+    follow-up of the messages before it, with a source list in the text and the citations
+    in `citations`."""
     if request.model != MODEL_ID:
         raise ApiError(
             404, "model_not_found", f"model {request.model!r} does not exist; use model {MODEL_ID!r} (GET /v1/models)"

@@ -1,4 +1,4 @@
-"""The web UI: one static page; its script and styles are served from /ui/."""
+"""The web UI: one static page; its ES modules, styles and icon are served from /ui/."""
 
 from __future__ import annotations
 

@@ -59,6 +59,31 @@ def normalise(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
+# A title that is a file name ("launch.html" from a browser's print to PDF, "Microsoft Word -
+# report.docx", "C:\\docs\\notes.txt") names the file the document was made from, not the document.
+_FILE_NAME_TITLE = re.compile(
+    r"\.(?:html?|xhtml|php|aspx?|pdf|docx?|dotx?|odt|rtf|txt|md|markdown|pptx?|xlsx?|csv|tex|dvi|e?ps|indd|"
+    r"pages|key|numbers|xml|json|jpe?g|png|gif|tiff?|bmp|svg|qxd|pub|wpd)$",
+    re.IGNORECASE,
+)
+_PLACEHOLDER_TITLES = frozenset({"untitled", "untitled document", "no title", "title"})
+
+
+def metadata_title(value: object) -> str:
+    """A title read from a file's metadata, or "" where it is no real title (empty, a placeholder,
+    or a file name), so the loader falls back to what it would use without one.
+
+    >>> metadata_title("Operations guide"), metadata_title("launch.html"), metadata_title("Microsoft Word - plan.docx")
+    ('Operations guide', '', '')
+    >>> metadata_title("Node.js in production"), metadata_title("Release 2.0"), metadata_title("Untitled")
+    ('Node.js in production', 'Release 2.0', '')
+    """
+    title = " ".join(str(value or "").split())
+    if title.lower() in _PLACEHOLDER_TITLES or _FILE_NAME_TITLE.search(title):
+        return ""
+    return title
+
+
 def decode_text(data: bytes, name: str) -> str:
     try:
         return data.decode("utf-8-sig")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from ragtune.ingest.formats.base import Format, Limits, LoaderError, normalise
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, metadata_title, normalise
 from ragtune.types import Section
 
 
@@ -48,7 +48,7 @@ def load_docx(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section
     for table in document.tables:
         rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
         sections.append(Section(normalise("\n".join(rows)), heading=heading))
-    return str(document.core_properties.title or ""), sections
+    return metadata_title(document.core_properties.title), sections
 
 
 DOCX = Format(

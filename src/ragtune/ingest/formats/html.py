@@ -7,7 +7,7 @@ from __future__ import annotations
 import markdown
 from bs4 import BeautifulSoup, NavigableString
 
-from ragtune.ingest.formats.base import Format, Limits, check_text, decode_text, normalise
+from ragtune.ingest.formats.base import Format, Limits, check_text, decode_text, metadata_title, normalise
 from ragtune.types import Section
 
 
@@ -25,7 +25,7 @@ _HEADING_MARK = "\x1eH"  # a record separator no real document text contains
 
 def html_sections(html: str) -> tuple[str, list[Section]]:
     soup = BeautifulSoup(html, "lxml")
-    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    title = metadata_title(soup.title.get_text(" ", strip=True)) if soup.title else ""
     for tag in soup(["head", "script", "style", "noscript", "template", "svg"]):
         tag.decompose()
     for tag in soup.find_all(_HEADING_TAGS):

@@ -1,11 +1,11 @@
-"""PDF with pypdf: one section per page (page numbers kept), metadata title."""
+"""PDF with pypdf: one section per page (page numbers kept), the metadata title unless it is a file name."""
 
 from __future__ import annotations
 
 import io
 from typing import Any
 
-from ragtune.ingest.formats.base import Format, Limits, LoaderError, normalise
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, metadata_title, normalise
 from ragtune.types import Section
 
 
@@ -50,7 +50,7 @@ def load_pdf(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]
         sections = [
             Section(normalise(page.extract_text() or ""), page=i) for i, page in enumerate(reader.pages, start=1)
         ]
-        title = str((reader.metadata or {}).get("/Title") or "")
+        title = metadata_title((reader.metadata or {}).get("/Title"))
     except Exception as exc:  # as in _open: a hostile page is a per-document error
         raise _unreadable(name, exc) from exc
     if not any(s.text for s in sections):

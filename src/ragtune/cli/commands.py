@@ -1,92 +1,15 @@
-"""The `ragtune` command line. Exit codes: 0 success, 1 failure, 2 bad usage or input."""
+"""The commands that index, serve and administer: ingest, reindex, delete, documents, serve, worker, keys, serve-llm."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
-import warnings
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from ragtune.config import RETRIEVAL_MODES
-from ragtune.finetune.cli import finetune_app
-from ragtune.quant.cli import quantize_app
-
-# Models load from local paths only; keep libraries from reaching for a hub or chattering.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar
-warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-# bitsandbytes (imported by peft, which sentence-transformers imports) warns on every start
-# that it cannot fetch an optional CPU kernel from the hub; ragtune never asks for it.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-app = typer.Typer(
-    help="Answer questions over your documents with citations.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-eval_app = typer.Typer(help="Measure retrieval and answers on a BEIR-format dataset.", no_args_is_help=True)
-app.add_typer(eval_app, name="eval")
-app.add_typer(quantize_app, name="quantize")
-app.add_typer(finetune_app, name="finetune")
-
-
-_MODES_HELP = f"{', '.join(RETRIEVAL_MODES[:-1])} or {RETRIEVAL_MODES[-1]}."
-
-
-class UsageError(Exception):
-    """Bad input from the user: exit code 2."""
-
-
-def _settings(**overrides: Any):  # -> Settings; imported lazily to keep --help fast
-    from pydantic import ValidationError
-
-    from ragtune.config import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        raise UsageError(f"invalid settings: {problems}") from None
-
-
-def _system(settings, generator: bool = False):  # -> System
-    from ragtune.system import build
-
-    return build(settings, generator=generator)
-
-
-def _check_mode(mode: str | None) -> None:
-    if mode is not None and mode not in RETRIEVAL_MODES:
-        raise UsageError(f"--mode must be one of {', '.join(RETRIEVAL_MODES)}; got {mode!r}")
-
-
-def _print_json(payload: Any) -> None:
-    typer.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
-
-
-@app.callback()
-def _root(
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML settings file (same as RAGTUNE_CONFIG).")
-    ] = None,
-    local_rank: Annotated[int | None, typer.Option("--local_rank", "--local-rank", hidden=True)] = None,
-) -> None:
-    # The `deepspeed` launcher passes --local_rank=N right after the module name; the rank
-    # itself is read from LOCAL_RANK, which it sets too.
-    del local_rank
-    if config is not None:
-        if not config.is_file():
-            raise UsageError(f"--config {config}: no such file")
-        os.environ["RAGTUNE_CONFIG"] = str(config)
+from ragtune.cli.common import UsageError, app, keys_app, load_settings, open_system, print_json
 
 
 @app.command()
@@ -109,11 +32,11 @@ def ingest(
         tags = check_tags(tag or ())
     except (ValueError, TagError) as exc:
         raise UsageError(str(exc)) from None
-    with _system(_settings()) as system:
+    with open_system(load_settings()) as system:
         report = system.ingestor.ingest_paths(paths, tags, shard_spec, prune)
         counts = system.catalog.counts()
     if as_json:
-        _print_json(asdict(report) | {"catalog": counts})
+        print_json(asdict(report) | {"catalog": counts})
     else:
         for source, error in report.failed:
             typer.echo(f"failed: {source}: {error}", err=True)
@@ -128,7 +51,7 @@ def reindex() -> None:
     from ragtune.ingest.reembed import reembed
     from ragtune.system import build
 
-    with build(_settings(), generator=False, check_vectors=False) as system:
+    with build(load_settings(), generator=False, check_vectors=False) as system:
         chunks = reembed(system.catalog, system.store, system.embedder)
         embedder = f"{system.embedder.name} ({system.embedder.backend})"
     typer.echo(f"re-embedded {chunks} chunks with {embedder}; {system.store.collection!r} now uses it")
@@ -137,7 +60,7 @@ def reindex() -> None:
 @app.command()
 def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")]) -> None:
     """Remove documents and their chunks from the index."""
-    with _system(_settings()) as system:
+    with open_system(load_settings()) as system:
         unknown = [s for s in sources if not system.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s)]
     for source in unknown:
         typer.echo(f"not in the index: {source}", err=True)
@@ -159,112 +82,15 @@ def documents(
 
     if status not in (None, PENDING, INDEXED, FAILED):
         raise UsageError(f"--status must be pending, indexed or failed; got {status!r}")
-    catalog = open_catalog(_settings())
+    catalog = open_catalog(load_settings())
     rows, total = catalog.list(offset, limit, status)
     if as_json:
-        _print_json({"total": total, "documents": [asdict(r) for r in rows]})
+        print_json({"total": total, "documents": [asdict(r) for r in rows]})
         return
     for r in rows:
         line = f"{r.status:8} {r.chunks:5} chunks  {r.source}"
         typer.echo(line + (f"\n         error: {r.error}" if r.error else ""))
     typer.echo(f"{len(rows)} of {total} document(s)")
-
-
-@app.command()
-def ask(
-    question: Annotated[str, typer.Argument(help="The question.")],
-    top_k: Annotated[int | None, typer.Option("--top-k", "-k", min=1, max=100)] = None,
-    mode: Annotated[str | None, typer.Option(help=_MODES_HELP)] = None,
-    source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable).")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Answer, citations and timings as JSON.")] = False,
-) -> None:
-    """Answer a question from the indexed documents, with numbered citations."""
-    from ragtune.types import Filters, QuestionError, check_question
-
-    settings = _settings()
-    try:
-        check_question(question, settings.answer.max_question_chars)
-    except QuestionError as exc:
-        raise UsageError(str(exc)) from None
-    _check_mode(mode)
-    filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
-    with _system(settings, generator=True) as system:
-        assert system.rag is not None  # built with its generator
-        answer = system.rag.ask(question, top_k, mode, filters)
-    if as_json:
-        _print_json(
-            {
-                "question": answer.question,
-                "answer": answer.text,
-                "abstained": answer.abstained,
-                "citations": [asdict(c) for c in answer.citations],
-                "retrieved": [
-                    {"chunk_id": h.id, "source": h.source, "page": h.page, "score": h.score} for h in answer.hits
-                ],
-                "timings_ms": answer.timings_ms,
-            }
-        )
-        return
-    typer.echo(answer.text)
-    if answer.citations:
-        typer.echo("\nSources:")
-        for c in answer.citations:
-            where = f", page {c.page}" if c.page else ""
-            heading = f" — {c.heading}" if c.heading else ""
-            typer.echo(f"  [{c.number}] {c.source}{where}{heading}")
-
-
-def _dataset_dir(path: Path) -> Path:
-    if not path.is_dir():
-        raise UsageError(
-            f"{path} is not a directory; expected a BEIR dataset folder (corpus.jsonl, queries.jsonl, qrels/)"
-        )
-    return path
-
-
-@eval_app.command("retrieval")
-def eval_retrieval(
-    dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder.")],
-    mode: Annotated[str, typer.Option(help=_MODES_HELP)] = "hybrid",
-    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N queries.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """Recall@1/5/10, MRR@10 and nDCG@10 against a plain bm25s baseline."""
-    from ragtune.eval.runner import evaluate_retrieval
-
-    _check_mode(mode)
-    report = evaluate_retrieval(_dataset_dir(dataset_dir), _settings(), mode, limit)  # type: ignore[arg-type]
-    if as_json:
-        _print_json(report)
-        return
-    baseline = report["baseline_bm25s"]
-    for metric in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
-        typer.echo(f"{metric:10} {report[metric]:.4f}   (bm25s {baseline[metric]:.4f})")
-    typer.echo(f"{report['n_queries']} queries, mode {mode}")
-
-
-@eval_app.command("answers")
-def eval_answers(
-    dataset_dir: Annotated[Path, typer.Argument(help="BEIR dataset folder whose queries carry 'answers'.")],
-    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate a fixed-seed sample of N questions.")] = None,
-    mode: Annotated[str | None, typer.Option(help=_MODES_HELP)] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
-) -> None:
-    """SQuAD exact match and F1, citation support and abstention on unanswerable questions."""
-    from ragtune.eval.runner import evaluate_answers
-
-    _check_mode(mode)
-    report = evaluate_answers(_dataset_dir(dataset_dir), _settings(), limit, mode=mode)  # type: ignore[arg-type]
-    if as_json:
-        _print_json(report)
-        return
-    for key, value in report.items():
-        typer.echo(f"{key:18} {value}")
-
-
-keys_app = typer.Typer(help="API keys for the HTTP service (stored hashed in the catalog).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
 
 
 def _configure_logging() -> None:
@@ -281,7 +107,7 @@ def serve(
 
     from ragtune.api.app import create_app
 
-    settings = _settings(host=host, port=port)
+    settings = load_settings(host=host, port=port)
     _configure_logging()
     service = settings.service
     typer.echo(f"ragtune serves http://{service.host}:{service.port}/ (UI), /docs (API); Ctrl+C stops it", err=True)
@@ -304,7 +130,7 @@ def worker(
     from ragtune.store.base import is_server_uri
     from ragtune.store.jobs import JobQueue
 
-    settings = _settings()
+    settings = load_settings()
     if not is_server_uri(settings.resolved_milvus_uri()):
         typer.echo(
             "warning: RAGTUNE_MILVUS_URI is a Milvus Lite path, which one process may open: "
@@ -312,7 +138,7 @@ def worker(
             err=True,
         )
     _configure_logging()
-    with _system(settings) as system:
+    with open_system(settings) as system:
         probe = StoreProbe(settings.resolved_milvus_uri())
         job_worker = Worker(system.ingestor, JobQueue(system.catalog), settings.service, store_ready=probe.check)
         if once:
@@ -340,7 +166,7 @@ def keys_create(
     """Make a key; it is printed once and only its hash is stored."""
     created = _key_store().create(name)
     if as_json:
-        _print_json({"id": created.key.id, "name": created.key.name, "key": created.secret})
+        print_json({"id": created.key.id, "name": created.key.name, "key": created.secret})
         return
     typer.echo(created.secret)
     typer.echo(f"key {created.key.id} ({name or 'unnamed'}): store it now, it cannot be shown again", err=True)
@@ -351,7 +177,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List keys (id, name, first characters, created, revoked); never the keys themselves."""
     keys = _key_store().list()
     if as_json:
-        _print_json([asdict(k) for k in keys])
+        print_json([asdict(k) for k in keys])
         return
     for k in keys:
         revoked = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
@@ -373,7 +199,7 @@ def _key_store():  # -> KeyStore
     from ragtune.store.keys import KeyStore
     from ragtune.system import open_catalog
 
-    return KeyStore(open_catalog(_settings()))
+    return KeyStore(open_catalog(load_settings()))
 
 
 @app.command("serve-llm")
@@ -398,7 +224,7 @@ def serve_llm(
     from ragtune.generate.server import create_llm_app
     from ragtune.models import ModelNotFoundError
 
-    settings = _settings(llm_model=model, llm_adapter=adapter, llm_quant=quant)
+    settings = load_settings(llm_model=model, llm_adapter=adapter, llm_quant=quant)
     llm = settings.llm
     if settings.torch_threads:
         import torch
@@ -413,33 +239,3 @@ def serve_llm(
     name = served_model_name or lm.name
     typer.echo(f"serving {name!r} ({lm.device}) at http://{host}:{port}/v1; Ctrl+C stops it", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="info", access_log=False)
-
-
-def main() -> None:
-    """Entry point: domain errors become one clear line and an exit code, not a traceback."""
-    from ragtune.embed.embedders import EmbeddingError
-    from ragtune.eval.datasets import DatasetError
-    from ragtune.ingest.reembed import EmbedderMismatchError
-    from ragtune.store.base import StoreError
-    from ragtune.store.catalog import CatalogError
-
-    try:
-        app()
-    except (UsageError, DatasetError, EmbedderMismatchError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except (StoreError, CatalogError, EmbeddingError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to continue where it stopped", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        if os.environ.get("RAGTUNE_DEBUG"):
-            raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (set RAGTUNE_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m ragtune.cli`."""
+
+from ragtune.cli import main
+
+main()
