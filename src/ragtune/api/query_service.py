@@ -114,16 +114,8 @@ class QueryService:
         if request.retrieve_only:
             return self._retrieve(request, history)
         mode = self._mode(request)
-        self.probe.require()
-        answer = self.rag.ask(
-            request.question,
-            request.top_k,
-            mode,
-            self._filters(request),
-            history=history,
-            min_relevance=request.min_relevance,
-            multi_query=request.multi_query,
-        )
+        *_, answer = self._start(request.question, request, mode, history)
+        assert isinstance(answer, Answer)  # the stream's last item
         self._observe(answer, mode)
         self._remember(request, answer, owner, replace_seq)
         return QueryResponse.of(answer, request.conversation_id)
