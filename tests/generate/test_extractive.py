@@ -77,3 +77,12 @@ def test_renumber_edge_cases(text, expected):
 def test_invalid_answerer_arguments():
     with pytest.raises(ValueError, match="max_sentences must be greater than 0; got 0"):
         ExtractiveAnswerer(None, max_sentences=0)
+
+
+def test_a_heading_that_matches_best_is_not_quoted_as_the_answer(embedder):
+    hit = _hit(0, "Operations guide\nBackups\nCopy the data directory to another disk every night.")
+    answer = ExtractiveAnswerer(embedder).generate("What does it say about backups?", [hit])
+    assert answer.text == "Copy the data directory to another disk every night. [1]" and not answer.abstained
+    # With nothing but headings, the best one is still quoted rather than no answer.
+    only_headings = ExtractiveAnswerer(embedder).generate("backups", [_hit(0, "Backups\nRestores")])
+    assert only_headings.text == "Backups [1]"

@@ -196,6 +196,11 @@ def _blocks(text: str) -> list[str]:
     return [b for b in blocks if b]
 
 
+def _is_statement(sentence: str) -> bool:
+    """A sentence rather than a heading or title: it ends like one, or runs past a few words."""
+    return sentence.rstrip().endswith((".", "!", "?", ";", ":")) or len(sentence.split()) > 8
+
+
 def split_sentences(text: str) -> list[str]:
     pieces = []
     for block in _blocks(text):
@@ -322,8 +327,11 @@ class ExtractiveAnswerer:
         scored = self.score_sentences(question, hits)
         if not scored or self._relevance(scored[0]) < self.min_relevance:
             return Generation(NOT_FOUND, abstained=True)
+        # A heading ("Backups") can match a question best yet states nothing: quote statements
+        # when there are any (whether to answer at all was decided on the best match above).
+        statements = [s for s in scored if _is_statement(s.text)] or scored
         # Quote in reading order: by chunk rank, then by position within the chunk.
-        chosen = sorted(scored[: self.max_sentences], key=lambda s: (s.hit_number, s.position))
+        chosen = sorted(statements[: self.max_sentences], key=lambda s: (s.hit_number, s.position))
         return Generation(" ".join(f"{self._quote(s, chosen)} [{s.hit_number}]" for s in chosen))
 
     def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
