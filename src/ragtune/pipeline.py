@@ -25,6 +25,14 @@ from ragtune.retrieve.retriever import Retriever
 from ragtune.types import Answer, Filters, Hit, Turn, check_question
 
 
+def search_timings(debug: dict[str, Any], elapsed_ms: float) -> dict[str, float]:
+    """``rewrite`` (condensing, paraphrasing: LLM time, when any) apart from ``retrieve``
+    (the store and the embedder) in `elapsed_ms`, the time a `RagPipeline.search` took."""
+    if "rewrite_ms" not in debug:
+        return {"retrieve": round(elapsed_ms, 2)}
+    return {"rewrite": debug["rewrite_ms"], "retrieve": round(elapsed_ms - debug["rewrite_ms"], 2)}
+
+
 class MultiQueryUnavailableError(ValueError):
     """multi_query was asked for, but no LLM backend is configured to write the paraphrases."""
 
@@ -132,7 +140,6 @@ class RagPipeline:
         )
         hits = self.retriever.expand(found)
         retrieved = time.perf_counter()
-        rewrite_ms = debug.get("rewrite_ms", 0.0)
         citations_so_far = CitationStream(len(hits))
         if isinstance(self.generator, StreamingGenerator):
             deltas = self.generator.stream(question, hits)
@@ -160,8 +167,7 @@ class RagPipeline:
             abstained=generation.abstained,
             hits=hits,
             timings_ms={
-                **({"rewrite": rewrite_ms} if "rewrite_ms" in debug else {}),
-                "retrieve": round((retrieved - started) * 1000 - rewrite_ms, 2),
+                **search_timings(debug, (retrieved - started) * 1000),
                 "generate": round((generated - retrieved) * 1000, 2),
                 "total": round((generated - started) * 1000, 2),
             },

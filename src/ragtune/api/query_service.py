@@ -45,7 +45,7 @@ from ragtune.api.schemas import (
 )
 from ragtune.config import RetrievalMode
 from ragtune.generate.rewrite import RuleCondenser
-from ragtune.pipeline import RagPipeline
+from ragtune.pipeline import RagPipeline, search_timings
 from ragtune.store.catalog import Catalog
 from ragtune.store.conversations import HISTORY_TURNS, ConversationConflictError, Conversations
 from ragtune.types import Answer, Filters, Turn, check_question
@@ -249,9 +249,8 @@ class QueryService:
             multi_query=request.multi_query,
         )
         hits = self.rag.retriever.expand(found)  # what the generator would read
-        rewrite_ms = debug.get("rewrite_ms", 0.0)
-        retrieve_ms = round((time.perf_counter() - started) * 1000 - rewrite_ms, 2)
-        self.metrics.retrieval.labels(mode=mode).observe(retrieve_ms / 1000)
+        timings = search_timings(debug, (time.perf_counter() - started) * 1000)
+        self.metrics.retrieval.labels(mode=mode).observe(timings["retrieve"] / 1000)
         question = check_question(request.question)
         return QueryResponse(
             question=question,
@@ -260,7 +259,7 @@ class QueryService:
             abstained=False,
             citations=[],
             retrieved=[RetrievedChunk.of(h) for h in hits],
-            timings_ms={**({"rewrite": rewrite_ms} if "rewrite_ms" in debug else {}), "retrieve": retrieve_ms},
+            timings_ms=timings,
             conversation_id=None,  # nothing answered, nothing stored
             debug=debug,
         )
@@ -291,12 +290,15 @@ class QueryService:
         sources' titles (from the catalog) tell a follow-up what the last answer was about.
         Earlier follow-ups are made standalone again by the rules (no LLM call per turn), so
         a chain of follow-ups ("And in 2023?", "And in 2024?") reads the first question's subject."""
+        exchanges = []
+        for question, answer in request.exchanges()[-HISTORY_TURNS:]:
+            text, _, source_list = answer.partition("\n\nSources:\n")
+            exchanges.append((question, text, _SOURCE_LINE.findall(source_list)))
+        title_of = self.catalog.titles(s for _, _, sources in exchanges for s in sources)
         turns: list[Turn] = []
         rules = RuleCondenser()
-        for question, answer in request.exchanges()[-HISTORY_TURNS:]:
-            text, _, sources = answer.partition("\n\nSources:\n")
-            records = (self.catalog.find(s) for s in _SOURCE_LINE.findall(sources))
-            titles = tuple(r.title for r in records if r is not None and r.title)
+        for question, text, sources in exchanges:
+            titles = tuple(title_of[s] for s in sources if title_of.get(s))
             searched = rules.condense(question, turns).question if turns else question
             turns.append(Turn(question, text, searched if searched != question else None, titles))
         return turns

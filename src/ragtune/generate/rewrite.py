@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ragtune.generate.base import NOT_FOUND, ChatModel
+from ragtune.generate.base import ChatModel, is_refusal
 from ragtune.ingest.formats.base import metadata_title
 from ragtune.types import Turn
 
@@ -197,7 +197,7 @@ def _content_words(text: str) -> set[str]:
 def usable_rewrite(rewritten: str, question: str) -> bool:
     """Whether an LLM's rewrite is the follow-up made standalone: a question of reasonable length
     that keeps most of the follow-up's content words (small models answer or describe instead)."""
-    if not rewritten or len(rewritten) > 2 * len(question) + 200 or NOT_FOUND.lower()[:25] in rewritten.lower():
+    if is_refusal(rewritten) or len(rewritten) > 2 * len(question) + 200:  # empty, a refusal, or runs on
         return False
     if question.rstrip().endswith("?") and not rewritten.rstrip().endswith("?"):
         return False

@@ -55,12 +55,11 @@ def expand_context(store: VectorStore, hits: list[Hit], window: int) -> list[Hit
     if window <= 0 or not hits:
         return hits
     by_id = {h.id: h for h in hits}
-    wanted = [n for h in hits for n in neighbour_ids(h.id, window) if n not in by_id]
-    anchor_score: dict[str, float] = {}
+    anchor_score: dict[str, float] = {}  # each neighbour: the best score of the hits it is next to
     for h in hits:
         for n in neighbour_ids(h.id, window):
             anchor_score[n] = max(anchor_score.get(n, float("-inf")), h.score)
-    for found in store.fetch(sorted(set(wanted))):
+    for found in store.fetch(sorted(n for n in anchor_score if n not in by_id)):
         by_id[found.id] = replace(found, score=anchor_score[found.id])
 
     runs: list[list[Hit]] = []

@@ -167,6 +167,15 @@ class Catalog:
             )
             return DocumentRecord.of(row) if row else None
 
+    def titles(self, sources: Iterable[str]) -> dict[str, str]:
+        """source -> title for those of `sources` in the catalog; one query for them all."""
+        wanted = set(sources)
+        if not wanted:
+            return {}
+        with self.session() as s:
+            rows = s.execute(select(DocumentRow.source, DocumentRow.title).where(DocumentRow.source.in_(wanted)))
+            return dict(rows.all())
+
     def states(self) -> dict[str, tuple[str, str]]:
         """doc_id -> (content_hash, status) for every document; one query for large runs."""
         with self.session() as s:
