@@ -54,6 +54,13 @@ class StoreSettings(_Section):
     milvus_token: str = Field("", description="Token (user:password) for a Milvus server.")
     collection: str = Field("ragtune", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
     catalog_url: str = Field("", description="SQLAlchemy URL of the catalog. Empty: sqlite in <data_dir>.")
+    milvus_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="Deadline of each call to a Milvus server: past it a frozen or unreachable store "
+        "is reported (503 store_unavailable) instead of waited for.",
+    )
 
 
 class IngestSettings(_Section):
@@ -69,6 +76,19 @@ class IngestSettings(_Section):
     )
     max_file_bytes: int = Field(50 * 1024 * 1024, gt=0)
     max_uncompressed_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Bound on DOCX decompression (zip bombs).")
+    # The bounds below hold whatever a document contains: each document is parsed in a child
+    # process that is killed past the time or memory limit (`ragtune.ingest.sandbox`).
+    parse_timeout_s: float = Field(60.0, gt=0, le=3600, description="Wall time to parse and chunk one document.")
+    parse_max_memory_mb: int = Field(
+        2048, ge=256, le=1024 * 1024, description="Address space of the process parsing one document, in MiB."
+    )
+    max_nesting_depth: int = Field(
+        512, ge=16, le=100_000, description="Deepest element nesting of an HTML, XML or Markdown document."
+    )
+    max_pages: int = Field(5000, gt=0, le=1_000_000, description="Pages of one PDF document.")
+    max_extracted_chars: int = Field(
+        20_000_000, gt=0, description="Characters of text one document may yield (about 25,000 chunks)."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestSettings:
@@ -174,8 +194,14 @@ class ServiceSettings(_Section):
         default_factory=lambda: ["/health", "/ready", "/metrics", "/", "/ui/*", "/docs*", "/openapi.json"],
         description="Paths served without a key when authentication is on.",
     )
-    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per minute per API key; 0: no limit.")
-    rate_limit_burst: int = Field(60, gt=0, description="Requests a key may make at once before the rate applies.")
+    rate_limit_per_minute: int = Field(
+        600,
+        ge=0,
+        description="Requests per minute per API key, or per client address when authentication is off; 0: no limit.",
+    )
+    rate_limit_burst: int = Field(
+        60, gt=0, description="Requests a key (or client address) may make at once before the rate applies."
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="Largest file one upload may carry.")
     max_files_per_request: int = Field(20, gt=0)
     max_body_bytes: int = Field(1024 * 1024, gt=0, description="Largest non-upload request body (JSON).")
@@ -214,11 +240,17 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "milvus_token": ("store", "milvus_token"),
     "collection": ("store", "collection"),
     "catalog_url": ("store", "catalog_url"),
+    "milvus_timeout_seconds": ("store", "milvus_timeout_seconds"),
     "chunk_size": ("ingest", "chunk_size"),
     "chunk_overlap": ("ingest", "chunk_overlap"),
     "ingest_batch_chunks": ("ingest", "batch_chunks"),
     "max_file_bytes": ("ingest", "max_file_bytes"),
     "max_uncompressed_bytes": ("ingest", "max_uncompressed_bytes"),
+    "parse_timeout_s": ("ingest", "parse_timeout_s"),
+    "parse_max_memory_mb": ("ingest", "parse_max_memory_mb"),
+    "max_nesting_depth": ("ingest", "max_nesting_depth"),
+    "max_pages": ("ingest", "max_pages"),
+    "max_extracted_chars": ("ingest", "max_extracted_chars"),
     "embedding_model": ("embedding", "model"),
     "embedding_base_url": ("embedding", "base_url"),
     "embedding_api_key": ("embedding", "api_key"),
