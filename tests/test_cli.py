@@ -202,3 +202,44 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
             assert len(ids) == len(set(ids)) == chunks
     finally:
         store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_ingest_skips_fifos_and_links_out_of_the_folder(tmp_path):
+    docs, outside = tmp_path / "docs", tmp_path / "outside"
+    docs.mkdir()
+    outside.mkdir()
+    (docs / "good.txt").write_text("Ragtune indexes text files.")
+    os.mkfifo(docs / "pipe.txt")  # reading it would block forever
+    (outside / "secret.txt").write_text("The secret word is swordfish.")
+    (docs / "secret.txt").symlink_to(outside / "secret.txt")
+    (docs / "loop").symlink_to(docs, target_is_directory=True)
+    data = tmp_path / "data"
+    result = run(["ingest", str(docs), "--json"], data, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [Path(p).name for p in report["indexed"]] == ["good.txt"]
+    assert {Path(s).name for s, _ in report["failed"]} == {"pipe.txt", "secret.txt"}
+    followed = run(["ingest", str(docs), "--follow-links", "--json"], data)
+    assert followed.returncode == 0, followed.stderr
+    assert [Path(p).name for p in json.loads(followed.stdout)["indexed"]] == ["secret.txt"]
+
+
+def test_unreachable_milvus_server_is_explained_quickly(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {
+        "RAGTUNE_DATA_DIR": str(tmp_path / "data"),
+        "RAGTUNE_MILVUS_URI": f"http://127.0.0.1:{port}",
+        "RAGTUNE_MILVUS_TIMEOUT_SECONDS": "1",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "ragtune.cli", "ask", "anything"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr and "RAGTUNE_MILVUS_URI" in result.stderr, result.stderr
+    assert time.monotonic() - started < 40

@@ -28,6 +28,7 @@ from ragtune.generate.registry import build_generator
 from ragtune.generate.rewrite import Condenser, LlmCondenser, Paraphraser, RuleCondenser
 from ragtune.ingest.indexer import Ingestor
 from ragtune.ingest.reembed import check_embedder
+from ragtune.ingest.sandbox import close_shared
 from ragtune.pipeline import RagPipeline
 from ragtune.retrieve.retriever import CrossEncoderReranker, Retriever
 from ragtune.store.base import VectorStore
@@ -45,7 +46,13 @@ def open_store(settings: Settings, dimension: int) -> MilvusStore:
     """The Milvus collection named by the settings, for vectors of `dimension`."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.store
-    return MilvusStore(settings.resolved_milvus_uri(), store.collection, dimension, store.milvus_token)
+    return MilvusStore(
+        settings.resolved_milvus_uri(),
+        store.collection,
+        dimension,
+        store.milvus_token,
+        timeout=store.milvus_timeout_seconds,
+    )
 
 
 @dataclass
@@ -61,6 +68,7 @@ class System:
     rag: RagPipeline | None  # None when built with generator=False
 
     def close(self) -> None:
+        close_shared()  # the parsing child process
         if self.rag is not None:
             self.rag.close()
         self.store.close()

@@ -36,10 +36,16 @@ class TagError(ValueError):
 
 
 def check_question(question: str, max_chars: int | None = None) -> str:
-    """The question stripped; `QuestionError` (empty, or over `max_chars`, naming its setting) otherwise."""
+    """The question stripped; `QuestionError` (empty, without a letter or digit, or over
+    `max_chars`, naming its setting) otherwise."""
     question = question.strip()
     if not question:
         raise QuestionError('the question is empty; ask something, e.g. "How do I install it?"')
+    if not any(ch.isalnum() for ch in question):
+        raise QuestionError(
+            f"the question {question[:40]!r} has no letters or digits, so there is nothing to search for; "
+            'ask something, e.g. "How do I install it?"'
+        )
     if max_chars is not None and len(question) > max_chars:
         raise QuestionError(
             f"the question is {len(question)} characters, over the limit of {max_chars} (RAGTUNE_MAX_QUESTION_CHARS)"

@@ -54,6 +54,10 @@ def sample_files(*names: str) -> list[tuple[str, tuple[str, bytes]]]:
 
 
 def service_settings(data_dir: Path, **overrides) -> Settings:
+    # Without API keys the rate limit applies per client address, and every test client
+    # shares one ("testclient" or 127.0.0.1): a large burst keeps the limiter on without
+    # making request-heavy tests depend on timing. Rate-limit tests set their own.
+    overrides.setdefault("rate_limit_burst", 1000)
     return Settings(data_dir=data_dir, torch_threads=2, **overrides)
 
 

@@ -3,6 +3,8 @@ service recovers without a restart. Against milvus-lite's real gRPC server on lo
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -66,3 +68,28 @@ def test_store_outage_is_503_and_the_service_recovers(tmp_path, embedder, milvus
         job = wait_for_job(client, queued["job_id"])
         assert job["state"] == "done" and job["attempts"] == 1
         assert client.get(f"/v1/documents/{doc_id}").json()["status"] == "indexed"
+
+
+@pytest.mark.slow
+def test_a_frozen_store_is_503_within_its_deadline_and_metrics_still_answer(tmp_path, embedder, milvus):
+    """SIGSTOP: the server still accepts connections but never answers. Each route gives up
+    after its deadline (2 s for /ready, RAGTUNE_MILVUS_TIMEOUT_SECONDS for data calls)."""
+    settings = service_settings(tmp_path / "data", milvus_uri=milvus.uri, milvus_timeout_seconds=2)
+    with app_client(settings, embedder) as client:
+        accepted = client.post("/v1/documents", files=[("files", DOC)]).json()
+        assert wait_for_job(client, accepted["job_id"])["state"] == "done"
+        assert client.get("/ready").status_code == 200
+        pid = milvus._server._p.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and "did not answer within 2 s" in ready.json()["error"]["message"]
+            assert "ragtune_ready 0.0" in client.get("/metrics").text  # the last verdict, not a new wait
+            down = client.post("/v1/query", json=QUESTION)
+            assert down.status_code == 503 and down.json()["error"]["code"] == "store_unavailable"
+            streamed = client.post("/v1/query", json=QUESTION | {"stream": True})
+            assert streamed.status_code == 503 or "store_unavailable" in streamed.text
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_until(lambda: client.get("/ready").status_code == 200, 60, "/ready to recover")
+        assert "19530" in client.post("/v1/query", json=QUESTION).json()["answer"]

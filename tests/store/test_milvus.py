@@ -81,3 +81,58 @@ def test_dimension_mismatch_is_explained(tmp_path):
 def test_same_process_reopen_is_refused_while_open(store, tmp_path):
     with pytest.raises(StoreLockedError):
         MilvusStore(str(tmp_path / "m.db"), "test", dimension=3)
+
+
+def test_filters_match_non_ascii_quotes_and_backslashes(store):
+    # json.dumps wrote "résumé" as "r\u00e9sum\u00e9", which Milvus does not decode: nothing matched
+    values = ["résumé", "uploads/café_notes.md", 'say "hi"', "back\\slash", 'both\\"', "日本語"]
+    chunks = [_chunk(i, f"text {i}", doc=f"d{i}", source=v, tags=(v,)) for i, v in enumerate(values)]
+    store.insert(chunks, np.ones((len(values), 3), dtype=np.float32))
+    query = np.ones((1, 3), dtype=np.float32)
+    for i, value in enumerate(values):
+        for filters in (Filters(tags=(value,)), Filters(sources=(value,))):
+            assert [h.id for h in store.search_dense(query, 10, filters)[0]] == [f"d{i}-{i:05d}"], (value, filters)
+            assert store.count(filters) == 1
+    assert [h.id for h in store.fetch(["d0-00000"])] == ["d0-00000"]
+    assert "r\\u00e9" not in filter_expression(Filters(tags=("résumé",)))
+
+
+def test_closed_port_fails_fast_with_a_clear_message():
+    import socket
+    import time
+
+    from ragtune.store.base import StoreUnavailableError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as info:
+        MilvusStore(f"http://127.0.0.1:{port}", "c", dimension=3, timeout=1)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "RAGTUNE_MILVUS_URI" in message and "running" in message
+
+
+def test_a_frozen_server_is_reported_unavailable_within_the_timeout(tmp_path):
+    import os
+    import signal
+
+    from ragtune.store.base import StoreUnavailableError
+    from tests.api.support import MilvusServer
+
+    server = MilvusServer(tmp_path / "srv.db").start()
+    try:
+        store = MilvusStore(server.uri, "frozen", dimension=3, timeout=1)
+        store.insert([_chunk(0, "hello")], np.ones((1, 3), dtype=np.float32))
+        pid = server._server._p.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailableError):  # after its 1 s deadline, not a hang
+                store.search_dense(np.ones((1, 3), dtype=np.float32), 1)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert [h.id for h in store.search_dense(np.ones((1, 3), dtype=np.float32), 1)[0]] == ["doc-00000"]
+        store.close()
+    finally:
+        server.stop()

@@ -348,8 +348,8 @@ class ChatCompletionRequest(BaseModel):
     model: str = Field(examples=["ragtune"])
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     stream: bool = False
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
     n: int = Field(1, ge=1, le=1, description="One choice only.")
 
     @field_validator("messages")

@@ -6,7 +6,8 @@ takes effect within `KEY_REFRESH_SECONDS`). Revoked keys count: revoking the las
 the API instead of opening it. Then every path except
 ``RAGTUNE_AUTH_EXEMPT_PATHS`` needs ``Authorization: Bearer <key>``, and each key may make
 ``RAGTUNE_RATE_LIMIT_PER_MINUTE`` requests a minute (bursts of ``RAGTUNE_RATE_LIMIT_BURST``);
-beyond that the answer is 429 with ``Retry-After``. The limit is kept per server process.
+beyond that the answer is 429 with ``Retry-After``. With no keys the same limit applies per
+client address. The limit is kept per server process.
 
     >>> from ragtune.api.security import RateLimiter
     >>> limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: 0.0)
@@ -94,7 +95,8 @@ def path_is_exempt(path: str, patterns: list[str]) -> bool:
 
 
 class AuthMiddleware:
-    """Refuses requests without a valid key (401) or over the key's rate (429)."""
+    """Refuses requests without a valid key (401) or over the key's rate (429); with
+    authentication off, over the client address's rate (429). Exempt paths are neither."""
 
     def __init__(
         self, app: ASGIApp, exempt_paths: list[str], get_auth: Callable[[Scope], tuple[Authenticator, RateLimiter]]
@@ -123,18 +125,23 @@ class AuthMiddleware:
                 await response(scope, receive, send)
                 return
             scope.setdefault("state", {})["identity"] = identity  # whose conversations (ragtune.api.deps)
-            wait = limiter.acquire(identity)
-            if wait > 0:
-                seconds = max(1, math.ceil(wait))
-                response = error_response(
-                    429,
-                    "rate_limited",
-                    f"this API key is over its limit of {round(limiter.rate * 60)} requests per minute "
-                    f"(RAGTUNE_RATE_LIMIT_PER_MINUTE); retry in {seconds} s",
-                    {"Retry-After": str(seconds)},
-                )
-                await response(scope, receive, send)
-                return
+            bucket, who = identity, "this API key is"
+        else:
+            # No keys: each client address has its own bucket (behind a proxy, the proxy's).
+            address = (scope.get("client") or ("unknown",))[0]
+            bucket, who = f"address:{address}", f"the client address {address} is"
+        wait = limiter.acquire(bucket)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            response = error_response(
+                429,
+                "rate_limited",
+                f"{who} over its limit of {round(limiter.rate * 60)} requests per minute "
+                f"(RAGTUNE_RATE_LIMIT_PER_MINUTE); retry in {seconds} s",
+                {"Retry-After": str(seconds)},
+            )
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

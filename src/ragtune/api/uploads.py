@@ -43,21 +43,26 @@ class CheckedUpload:
     content_type: str
 
 
-def check_upload(data: bytes, filename: str, settings: Settings) -> CheckedUpload:
+def check_upload(data: bytes, filename: str, settings: Settings, size: int | None = None) -> CheckedUpload:
     """Raises ApiError (413, 415 or 422, naming the file and the fix) for a file that
-    cannot be indexed; returns it ready to queue otherwise."""
+    cannot be indexed; returns it ready to queue otherwise. `size` is the file's whole size
+    when known: `data` may be only its first limit + 1 bytes."""
     name = safe_filename(filename)
     limit = settings.service.max_upload_bytes
-    if len(data) > limit:
+    if len(data) > limit or (size is not None and size > limit):
+        # Never the bytes read (limit + 1 at most) as if they were the size: the real size, or only "over".
+        if size is not None and size >= len(data):
+            how_big = f"{size} bytes, over the upload limit of {limit} bytes"
+        else:
+            how_big = f"over {limit} bytes, the upload limit"
         raise ApiError(
             413,
             "file_too_large",
-            f"{name} is {len(data)} bytes, over the upload limit of {limit} bytes "
-            "(RAGTUNE_MAX_UPLOAD_BYTES); split it or raise the limit",
+            f"{name} is {how_big} (RAGTUNE_MAX_UPLOAD_BYTES); split it or raise the limit",
         )
     try:
         fmt = detect_format(data, name)
-        fmt.check(data, name, Limits(settings.ingest.max_uncompressed_bytes))
+        fmt.check(data, name, Limits.of(settings.ingest))
     except LoaderError as exc:
         message = f"{exc}. Supported: {supported_names()}" if exc.code == "unsupported_type" else str(exc)
         raise ApiError(_STATUS.get(exc.code, 422), exc.code, message) from None

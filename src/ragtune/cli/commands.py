@@ -19,8 +19,18 @@ def ingest(
     shard: Annotated[str | None, typer.Option(help="Index only shard i of N (i/N), for parallel jobs.")] = None,
     prune: Annotated[bool, typer.Option(help="Remove documents whose files left an ingested folder.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+    follow_links: Annotated[
+        bool,
+        typer.Option(
+            "--follow-links",
+            help="In folders, follow symbolic links to files and folders outside them (off: such links are skipped).",
+        ),
+    ] = False,
 ) -> None:
-    """Index files: unchanged ones are skipped, changed ones replaced, failures recorded."""
+    """Index files: unchanged ones are skipped, changed ones replaced, failures recorded.
+
+    FIFOs, sockets and devices are never read; they are reported as failed.
+    """
     from ragtune.ingest.indexer import parse_shard
     from ragtune.types import TagError, check_tags
 
@@ -33,7 +43,7 @@ def ingest(
     except (ValueError, TagError) as exc:
         raise UsageError(str(exc)) from None
     with open_system(load_settings()) as system:
-        report = system.ingestor.ingest_paths(paths, tags, shard_spec, prune)
+        report = system.ingestor.ingest_paths(paths, tags, shard_spec, prune, follow_links=follow_links)
         counts = system.catalog.counts()
     if as_json:
         print_json(asdict(report) | {"catalog": counts})

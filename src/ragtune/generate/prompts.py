@@ -46,7 +46,10 @@ SYSTEM_PROMPT = (
 )
 
 # A chunk must not be able to close its own block or open a chat turn.
-_DELIMITER = re.compile(r"<\s*(/?)\s*(documents?)\b", re.IGNORECASE)
+# Invisible characters (zero-width spaces and joiners, BOM, soft hyphen) count as blanks:
+# "<\u200b/document>" reads as a closing tag to a model.
+_BLANK = r"[\s\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]*"
+_DELIMITER = re.compile(rf"<{_BLANK}(/?){_BLANK}(documents?)\b", re.IGNORECASE)
 _SPECIAL = re.compile(r"<\|([^|<>]{0,40})\|>")
 
 TokenCounter = Callable[[str], int]

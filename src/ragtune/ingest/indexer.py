@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
 from ragtune.ingest.chunking import chunk_document, document_id
 from ragtune.ingest.formats import SUPPORTED_EXTENSIONS, Limits, LoaderError
-from ragtune.ingest.loaders import load_bytes
+from ragtune.ingest.sandbox import shared_parser
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
 from ragtune.types import Chunk, LoadedDocument
@@ -78,21 +79,102 @@ def in_shard(relative_path: str, shard: tuple[int, int]) -> bool:
     return int.from_bytes(digest[:8], "big") % shard[1] == shard[0]
 
 
-def discover(roots: list[Path], shard: tuple[int, int] | None = None) -> Iterator[Path]:
-    """Explicit files as given, folders walked (hidden entries skipped) for supported types."""
+def discover(
+    roots: list[Path],
+    shard: tuple[int, int] | None = None,
+    follow_links: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
+) -> Iterator[Path]:
+    """The files to index: explicit files as given, folders walked for supported types.
+
+    Only regular files are yielded: a FIFO, socket or device is never opened (reading a
+    FIFO blocks forever). An explicit one, or one with a supported extension in a folder,
+    is appended to `skipped` as ``(path, reason)``. In a folder, hidden entries are
+    skipped, and symbolic links are not followed out of the folder: a link to a file
+    outside it (``notes.md -> /etc/passwd``) is skipped and reported, and linked folders
+    are not descended, unless `follow_links` (``ragtune ingest --follow-links``); then
+    linked folders are walked once each, so a link loop ends. Explicit files are read
+    wherever their links point: naming one is asking for it.
+
+    The folder walk picks files by extension (``SUPPORTED_EXTENSIONS``), so a stray binary
+    in a folder is never read. An HTTP upload is judged by its bytes instead
+    (`ragtune.ingest.loaders.detect_format`): a text file named ``notes.exe`` is accepted
+    over HTTP but passed over by the walk; name it for its format to have it ingested.
+    """
+
+    def skip(path: Path, reason: str) -> None:
+        if skipped is not None:
+            skipped.append((str(path), reason))
+
     for root in roots:
-        if root.is_file():
-            if shard is None or in_shard(root.name, shard):
+        if not root.is_dir():
+            kind = _special_kind(root)
+            if kind:
+                skip(root, f"not a regular file ({kind}); skipped")
+            elif shard is None or in_shard(root.name, shard):
                 yield root
             continue
-        for folder, dirs, files in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            for name in sorted(files):
-                path = Path(folder) / name
-                if name.startswith(".") or path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+        real_root = Path(os.path.realpath(root))
+        visited = {str(real_root)}
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name, reverse=True)
+            except OSError as exc:
+                skip(folder, f"cannot list folder: {exc.strerror or exc}")
+                continue
+            files: list[Path] = []
+            for entry in entries:
+                if entry.name.startswith("."):
                     continue
+                path = Path(entry.path)
+                try:
+                    is_link = entry.is_symlink()
+                    is_dir = entry.is_dir(follow_symlinks=True)
+                except OSError:
+                    continue
+                if is_dir:
+                    if not is_link:
+                        stack.append(path)
+                    elif follow_links:
+                        target = os.path.realpath(path)
+                        if target not in visited:  # a loop, or a folder already walked
+                            visited.add(target)
+                            stack.append(path)
+                    continue
+                if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                    continue
+                if is_link and not follow_links:
+                    linked = Path(os.path.realpath(path))
+                    if not linked.is_relative_to(real_root):
+                        skip(path, f"a link to {linked}, outside {root}; skipped (--follow-links to index it)")
+                        continue
+                kind = _special_kind(path)
+                if kind:
+                    skip(path, f"not a regular file ({kind}); skipped")
+                    continue
+                files.append(path)
+            for path in reversed(files):
                 if shard is None or in_shard(path.relative_to(root).as_posix(), shard):
                     yield path
+
+
+def _special_kind(path: Path) -> str:
+    """Empty for a regular file (after links), else what it is: FIFO, socket, device, broken link."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return "a broken or looping link" if path.is_symlink() else f"unreadable: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
 
 
 def _same(doc: LoadedDocument) -> LoadedDocument:
@@ -112,13 +194,14 @@ class Ingestor:
         shard: tuple[int, int] | None = None,
         prune: bool = True,
         progress: bool | None = None,
+        follow_links: bool = False,
     ) -> IngestReport:
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
             raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
         roots = [p.resolve() for p in paths]
         report = IngestReport()
-        files = list(discover(roots, shard))
+        files = list(discover(roots, shard, follow_links, skipped=report.failed))
         bar = tqdm(
             total=len(files),
             unit="file",
@@ -207,8 +290,14 @@ class Ingestor:
             if known.get(doc_id) == (content_hash, INDEXED):
                 report.unchanged.append(source)
                 return None
-            doc = parsed or load_bytes(data, source, Limits(self.settings.max_uncompressed_bytes))
-            chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, tags)
+            if parsed is not None:  # already text: nothing to bound
+                doc = parsed
+                chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, tags)
+            else:
+                parser = shared_parser(self.settings.parse_timeout_s, self.settings.parse_max_memory_mb)
+                doc, chunks = parser.parse(
+                    data, source, Limits.of(self.settings), self.settings.chunk_size, self.settings.chunk_overlap, tags
+                )
         except (LoaderError, OSError) as exc:
             message = str(exc) if isinstance(exc, LoaderError) else f"cannot read {source}: {exc.strerror or exc}"
             self.catalog.mark_failed(doc_id, source, message, size)

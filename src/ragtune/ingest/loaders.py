@@ -16,7 +16,18 @@ import io
 import zipfile
 from pathlib import Path
 
-from ragtune.ingest.formats import FORMATS, HTML, TEXT, Format, Limits, LoaderError, by_extension, supported_names
+from ragtune.ingest.formats import (
+    FORMATS,
+    HTML,
+    TEXT,
+    Format,
+    Limits,
+    LoaderError,
+    bom_encoding,
+    by_extension,
+    chars_error,
+    supported_names,
+)
 from ragtune.types import LoadedDocument
 
 _SNIFF_BYTES = 8192
@@ -35,12 +46,20 @@ def detect_format(data: bytes, filename: str) -> Format:
         return _zip_format(data, name)
     if named is not None and named.binary:
         raise LoaderError(f"{name} is named {Path(filename).suffix} but {named.misnamed}", "unsupported_type")
+    encoding = bom_encoding(data)
+    if encoding is not None:  # UTF-16/32 text: its NUL bytes are no sign of a binary file
+        head = data[:_SNIFF_BYTES].decode(encoding, errors="ignore").encode("utf-8", errors="ignore")
+        return _text_format(named, head)
     head = data[:_SNIFF_BYTES]
     control = sum(1 for b in head if b < 9 or 13 < b < 32)
     if b"\x00" in head or control > len(head) * 0.05:
         raise LoaderError(
             f"{name} looks like a binary file, not text; supported types are {supported_names()}", "unsupported_type"
         )
+    return _text_format(named, head)
+
+
+def _text_format(named: Format | None, head: bytes) -> Format:
     if named is not None and named is not TEXT:  # a text dialect: the name decides
         return named
     if head[:1024].lstrip().lower().startswith((b"<!doctype html", b"<html")):
@@ -62,9 +81,18 @@ def _zip_format(data: bytes, name: str) -> Format:
 
 def load_bytes(data: bytes, source: str, limits: Limits | None = None) -> LoadedDocument:
     name = Path(source).name
+    limits = limits or Limits()
     fmt = detect_format(data, source)
-    title, sections = fmt.load(data, name, limits or Limits())
+    try:
+        title, sections = fmt.load(data, name, limits)
+    except RecursionError as exc:  # a parser recursing per nesting level: this document's problem only
+        raise LoaderError(
+            f"{name} nests too deeply to parse (limit {limits.max_nesting_depth}, RAGTUNE_MAX_NESTING_DEPTH)",
+            "nesting_limit",
+        ) from exc
     sections = [s for s in sections if s.text]
+    if sum(len(s.text) + len(s.heading) for s in sections) > limits.max_extracted_chars:
+        raise chars_error(name, limits)
     if not sections:
         raise LoaderError(f"{name} contains no text to index", "no_text")
     return LoadedDocument(source, fmt.content_type, title or Path(source).stem, sections)

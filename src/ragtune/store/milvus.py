@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -42,17 +41,32 @@ BM25_ANALYZER = {
 }
 
 
+def quote(value: str) -> str:
+    r"""`value` as a Milvus string literal: backslash and double quote escaped, nothing else.
+
+    Milvus' expression parser undoes ``\\`` and ``\"`` but not JSON's ``\u00e9`` (nor ``\t``),
+    so non-ASCII text and control characters are written as themselves (checked against
+    Milvus Lite: "résumé", "café", tabs, quotes and backslashes all match; a newline is
+    rejected as an invalid expression).
+    """
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _quoted_list(values: Iterable[str]) -> str:
+    return "[" + ", ".join(quote(v) for v in values) + "]"
+
+
 def filter_expression(filters: Filters | None) -> str:
-    """Milvus' boolean expression for `filters`; values are JSON-quoted, never spliced in raw."""
+    """Milvus' boolean expression for `filters`; values are quoted (`quote`), never spliced in raw."""
     if filters is None:
         return ""
     clauses = []
     if filters.sources:
-        clauses.append(f"source in {json.dumps(list(filters.sources))}")
+        clauses.append(f"source in {_quoted_list(filters.sources)}")
     if filters.doc_ids:
-        clauses.append(f"doc_id in {json.dumps(list(filters.doc_ids))}")
+        clauses.append(f"doc_id in {_quoted_list(filters.doc_ids)}")
     if filters.tags:
-        clauses.append(f"ARRAY_CONTAINS_ANY(tags, {json.dumps(list(filters.tags))})")
+        clauses.append(f"ARRAY_CONTAINS_ANY(tags, {_quoted_list(filters.tags)})")
     return " and ".join(clauses)
 
 
@@ -85,14 +99,15 @@ class _LiteLock:
 class MilvusStore:
     """Chunks with dense and BM25 vectors in one Milvus collection."""
 
-    def __init__(self, uri: str, collection: str, dimension: int, token: str = "", timeout: float = 20.0) -> None:
+    def __init__(self, uri: str, collection: str, dimension: int, token: str = "", timeout: float = 10.0) -> None:
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
         if dimension <= 0:
             raise ValueError(f"dimension must be greater than 0; got {dimension}")
         self.uri, self.collection, self.dimension = uri, collection, dimension
-        # Every call carries a deadline: without one pymilvus retries a dead server for minutes.
+        # Every call, and the connection itself, carries a deadline (StoreSettings.
+        # milvus_timeout_seconds): without one pymilvus retries a dead server for minutes.
         self.timeout = timeout
         self._client: Any = None
         self._seen_rows = False  # see search_bm25
@@ -103,31 +118,40 @@ class MilvusStore:
             self._lock = _LiteLock(data_path)
             uri = str(data_path)
         try:
-            self._client = MilvusClient(uri=uri, token=token, timeout=30)
+            self._client = MilvusClient(uri=uri, token=token, timeout=timeout)
             self._ensure_collection()
         except MilvusException as exc:
             self.close()
+            if is_server_uri(self.uri) and _is_connection_failure(exc):
+                raise StoreUnavailableError(self._cannot_connect(exc)) from exc
             raise self._translate(exc) from exc
         except Exception as exc:
             self.close()
             if "opened by another program" in str(exc) or type(exc).__name__ == "ConnectionConfigException":
                 raise StoreLockedError(f"the Milvus Lite data at {uri} is open in another process") from exc
-            raise StoreUnavailableError(f"cannot reach Milvus at {self.uri}: {exc}") from exc
+            raise StoreUnavailableError(self._cannot_connect(exc)) from exc
+
+    def _cannot_connect(self, exc: Exception) -> str:
+        return (
+            f"cannot connect to Milvus at {self.uri} within {self.timeout:g} s ({str(exc)[:200]}). "
+            "Is the Milvus server running and reachable? Check RAGTUNE_MILVUS_URI (empty for the "
+            "local Milvus Lite data path) and RAGTUNE_MILVUS_TIMEOUT_SECONDS"
+        )
 
     # --- schema ------------------------------------------------------------------------
     def _ensure_collection(self) -> None:
         from pymilvus import DataType, Function, FunctionType
 
         client = self._client
-        if client.has_collection(self.collection):
-            described = client.describe_collection(self.collection)
+        if client.has_collection(self.collection, timeout=self.timeout):
+            described = client.describe_collection(self.collection, timeout=self.timeout)
             dims = [f.get("params", {}).get("dim") for f in described["fields"] if f["name"] == "dense"]
             if dims and int(dims[0]) != self.dimension:
                 raise StoreError(
                     f"collection {self.collection!r} holds {dims[0]}-d vectors but the embedding model "
                     f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
                 )
-            client.load_collection(self.collection)
+            client.load_collection(self.collection, timeout=self.timeout)
             return
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
@@ -156,7 +180,9 @@ class MilvusStore:
         # Lite searches exactly (FLAT, a few ms at 10k chunks); a server picks its ANN index.
         index.add_index("dense", index_type="AUTOINDEX" if is_server_uri(self.uri) else "FLAT", metric_type="COSINE")
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-        client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+        client.create_collection(
+            self.collection, schema=schema, index_params=index, consistency_level="Strong", timeout=self.timeout
+        )
 
     # --- writes --------------------------------------------------------------------------
     def insert(self, chunks: Sequence[Chunk], vectors: np.ndarray) -> int:
@@ -258,7 +284,7 @@ class MilvusStore:
     def fetch(self, chunk_ids: Sequence[str]) -> list[Hit]:
         if not chunk_ids:
             return []
-        expression = f"id in {json.dumps(list(chunk_ids), ensure_ascii=False)}"
+        expression = f"id in {_quoted_list(chunk_ids)}"
         # The same empty-result decoding failure as in `chunks`: look before querying.
         found = self._call(self._client.query, self.collection, filter=expression, output_fields=["count(*)"])
         if not int(found[0]["count(*)"]):
@@ -295,16 +321,38 @@ class MilvusStore:
             return method(*args, timeout=self.timeout, **kwargs)
         except MilvusException as exc:
             raise self._translate(exc) from exc
+        except Exception as exc:  # grpc.RpcError / FutureTimeoutError that pymilvus lets through
+            if is_server_uri(self.uri) and _is_connection_failure(exc):
+                raise StoreUnavailableError(
+                    f"Milvus at {self.uri} did not answer within {self.timeout:g} s ({str(exc)[:200]}); "
+                    "check that the server is up"
+                ) from exc
+            raise
 
     def _translate(self, exc: Exception) -> StoreError:
         text = str(exc)
-        if is_server_uri(self.uri) and any(
-            s in text.lower() for s in ("unavailable", "connect", "deadline", "timeout", "fail to", "not ready")
-        ):
+        if is_server_uri(self.uri) and _is_connection_failure(exc):
             return StoreUnavailableError(
                 f"Milvus at {self.uri} is unreachable ({text[:200]}); check that the server is up"
             )
         return StoreError(f"Milvus error on {self.collection!r}: {text[:500]}")
+
+
+_UNREACHABLE = ("unavailable", "connect", "deadline", "timeout", "timed out", "fail to", "not ready")
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """Whether `exc` says the server is unreachable or did not answer in time (gRPC
+    DEADLINE_EXCEEDED / UNAVAILABLE, a connection that never became ready), not a bad request."""
+    code = getattr(exc, "code", None)
+    if callable(code):  # grpc.RpcError
+        with contextlib.suppress(Exception):
+            if getattr(code(), "name", "") in ("DEADLINE_EXCEEDED", "UNAVAILABLE"):
+                return True
+    if isinstance(exc, TimeoutError) or type(exc).__name__ in ("FutureTimeoutError", "MilvusUnavailableException"):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in _UNREACHABLE)
 
 
 def _fit(text: str, limit: int) -> str:

@@ -57,7 +57,7 @@ def upload_documents(
         # Reads at most one byte past the limit: check_upload reports the oversize file.
         data = upload.file.read(settings.max_upload_bytes + 1)
         try:
-            checked.append(check_upload(data, upload.filename or "", services.settings))
+            checked.append(check_upload(data, upload.filename or "", services.settings, upload.size))
         except ApiError as exc:  # this file only: the others are still queued
             rejected.append((safe_filename(upload.filename or ""), exc))
     names = [c.file.source for c in checked]
@@ -110,7 +110,7 @@ def _nothing_accepted(rejected: list[tuple[str, ApiError]]) -> ApiError:
 @router.get("/documents", response_model=DocumentList, responses=_ERRORS)
 def list_documents(
     services: ServicesDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     status: Literal["pending", "indexed", "failed"] | None = None,
 ) -> DocumentList:

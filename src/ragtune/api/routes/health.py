@@ -40,5 +40,9 @@ def metrics(services: ServicesDep) -> Response:
     for status in ("pending", "indexed", "failed"):
         m.documents.labels(status=status).set(counts[status])
     m.chunks.set(counts["chunks"])
-    m.ready.set(1 if readiness(services.system, services.probe).ready else 0)
+    # /ready's last verdict, so a scrape does not wait on a frozen store; checked once (bounded) before any probe
+    ready = services.probe.last_ready
+    if ready is None:
+        ready = readiness(services.system, services.probe).ready
+    m.ready.set(1 if ready else 0)
     return Response(m.render(), media_type=CONTENT_TYPE_LATEST)

@@ -11,7 +11,7 @@ defines its `Format`, plus one line in `FORMATS`.
 
 from __future__ import annotations
 
-from ragtune.ingest.formats.base import Format, Limits, LoaderError, decode_text
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, bom_encoding, chars_error, decode_text
 from ragtune.ingest.formats.docx import DOCX
 from ragtune.ingest.formats.html import HTML, MARKDOWN
 from ragtune.ingest.formats.pdf import PDF
@@ -33,8 +33,10 @@ __all__ = [
     "Limits",
     "LoaderError",
     "accept_attribute",
+    "bom_encoding",
     "by_content_type",
     "by_extension",
+    "chars_error",
     "decode_text",
     "supported_names",
 ]

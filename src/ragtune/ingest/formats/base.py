@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ragtune.config import IngestSettings
 from ragtune.types import Section
 
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
@@ -26,6 +28,33 @@ class Limits:
     """Bounds on the work one document may cause."""
 
     max_uncompressed_bytes: int = DEFAULT_MAX_UNCOMPRESSED_BYTES
+    max_nesting_depth: int = 512
+    max_pages: int = 5000
+    max_extracted_chars: int = 20_000_000
+
+    @classmethod
+    def of(cls, settings: IngestSettings) -> Limits:
+        """The limits a deployment configured (RAGTUNE_MAX_*), for the upload check and the parser alike."""
+        return cls(
+            settings.max_uncompressed_bytes,
+            settings.max_nesting_depth,
+            settings.max_pages,
+            settings.max_extracted_chars,
+        )
+
+
+def nesting_error(name: str, limits: Limits) -> LoaderError:
+    return LoaderError(
+        f"{name} nests elements deeper than {limits.max_nesting_depth} levels (RAGTUNE_MAX_NESTING_DEPTH)",
+        "nesting_limit",
+    )
+
+
+def chars_error(name: str, limits: Limits) -> LoaderError:
+    return LoaderError(
+        f"{name} yields more than {limits.max_extracted_chars} characters of text (RAGTUNE_MAX_EXTRACTED_CHARS)",
+        "text_limit",
+    )
 
 
 Load = Callable[[bytes, str, Limits], tuple[str, list[Section]]]  # (data, file name, limits) -> (title, sections)
@@ -84,10 +113,33 @@ def metadata_title(value: object) -> str:
     return title
 
 
+# UTF-32 first: its little-endian BOM starts with UTF-16's.
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def bom_encoding(data: bytes) -> str | None:
+    """The UTF-16/32 encoding announced by a byte order mark, or None."""
+    return next((encoding for bom, encoding in _BOMS if data.startswith(bom)), None)
+
+
 def decode_text(data: bytes, name: str) -> str:
+    encoding = bom_encoding(data)
     try:
+        if encoding is not None:
+            return data.decode(encoding)  # the codec reads the BOM for the byte order
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
+        if encoding is not None:
+            raise LoaderError(
+                f"{name} starts with a {encoding.upper()} byte order mark but is not valid {encoding.upper()} "
+                f"(offset {exc.start})",
+                "invalid_encoding",
+            ) from exc
         raise LoaderError(
             f"{name} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
             "convert it first, e.g. `iconv -f latin1 -t utf-8`",

@@ -8,18 +8,34 @@ import zipfile
 from ragtune.ingest.formats.base import Format, Limits, LoaderError, metadata_title, normalise
 from ragtune.types import Section
 
+_BLOCK = 1024 * 1024
+
 
 def check_docx(data: bytes, name: str, limits: Limits) -> None:
-    """Refuses a zip bomb from its directory, which declares every member's inflated size,
-    before anything is decompressed (python-docx inflates members fully in memory)."""
+    """Refuses a zip bomb by inflating every member in blocks and counting the real bytes
+    (a member's declared size can lie), stopping at the limit; memory stays at one block.
+    Only an archive that passes is given to python-docx, which inflates members whole."""
+    declared_total = inflated = 0
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            declared = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile as exc:
+            infos = archive.infolist()
+            declared_total = sum(info.file_size for info in infos)
+            if declared_total <= limits.max_uncompressed_bytes:
+                for info in infos:
+                    with archive.open(info) as member:
+                        while block := member.read(_BLOCK):
+                            inflated += len(block)
+                            if inflated > limits.max_uncompressed_bytes:
+                                break
+                    if inflated > limits.max_uncompressed_bytes:
+                        break
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
+        # zipfile raises BadZipFile on a CRC or size mismatch (a header that lies)
         raise LoaderError(f"{name} is a damaged zip/DOCX archive ({exc})", "damaged_docx") from exc
-    if declared > limits.max_uncompressed_bytes:
+    if declared_total > limits.max_uncompressed_bytes or inflated > limits.max_uncompressed_bytes:
+        size = f"{declared_total} bytes" if declared_total > limits.max_uncompressed_bytes else "more bytes"
         raise LoaderError(
-            f"{name} would decompress to {declared} bytes, over the limit of "
+            f"{name} would decompress to {size}, over the limit of "
             f"{limits.max_uncompressed_bytes} (RAGTUNE_MAX_UNCOMPRESSED_BYTES)",
             "decompression_limit",
         )

@@ -4,19 +4,71 @@ Markdown is rendered to HTML first (tables and fenced code kept), then read like
 
 from __future__ import annotations
 
+import re
+
 import markdown
 from bs4 import BeautifulSoup, NavigableString
+from lxml import etree
 
-from ragtune.ingest.formats.base import Format, Limits, check_text, decode_text, metadata_title, normalise
+from ragtune.ingest.formats.base import (
+    Format,
+    Limits,
+    check_text,
+    decode_text,
+    metadata_title,
+    nesting_error,
+    normalise,
+)
 from ragtune.types import Section
+
+_FEED = 64 * 1024
+
+
+def check_html_depth(html: str, name: str, limits: Limits) -> None:
+    """A streaming pass (libxml2, no tree kept) that stops at the nesting limit, before
+    BeautifulSoup, whose work grows with depth × size, ever sees the document."""
+    parser = etree.HTMLPullParser(events=("start", "end"), huge_tree=True)
+    depth = 0
+    for start in range(0, len(html), _FEED):
+        parser.feed(html[start : start + _FEED])
+        for event, element in parser.read_events():
+            if event == "start":
+                depth += 1
+                if depth > limits.max_nesting_depth:
+                    raise nesting_error(name, limits)
+            else:
+                depth -= 1
+                element.clear()  # keep memory flat: the tree is not needed
+    parser.close()
+
+
+# A line's nesting in Markdown: each ">" opens a blockquote, each 2+ columns of indent before
+# a list marker may open a list level (python-markdown recurses once per level).
+_MD_PREFIX = re.compile(r"[ \t>]*")
+
+
+def check_markdown_depth(text: str, name: str, limits: Limits) -> None:
+    for line in text.split("\n"):
+        prefix = _MD_PREFIX.match(line)
+        if prefix is None or prefix.end() < limits.max_nesting_depth:
+            continue
+        marks = prefix.group()
+        if marks.count(">") + len(marks.expandtabs(4).replace(">", "")) // 2 > limits.max_nesting_depth:
+            raise nesting_error(name, limits)
 
 
 def load_html(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
-    return html_sections(decode_text(data, name))
+    html = decode_text(data, name)
+    check_html_depth(html, name, limits)
+    return html_sections(html)
 
 
 def load_markdown(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
-    return html_sections(markdown.markdown(decode_text(data, name), extensions=["tables", "fenced_code"]))
+    text = decode_text(data, name)
+    check_markdown_depth(text, name, limits)
+    html = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    check_html_depth(html, name, limits)
+    return html_sections(html)
 
 
 _HEADING_TAGS = ["h1", "h2", "h3", "h4", "h5", "h6"]

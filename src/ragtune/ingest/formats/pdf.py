@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ragtune.ingest.formats.base import Format, Limits, LoaderError, metadata_title, normalise
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, chars_error, metadata_title, normalise
 from ragtune.types import Section
 
 
@@ -23,15 +23,20 @@ def _unreadable(name: str, exc: Exception) -> LoaderError:
     )
 
 
-def _open(data: bytes, name: str) -> Any:
+def _open(data: bytes, name: str, limits: Limits) -> Any:
     from pypdf import PdfReader
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise _encrypted(name)
-        if len(reader.pages) == 0:
+        pages = len(reader.pages)
+        if pages == 0:
             raise LoaderError(f"{name} has no pages", "empty_pdf")
+        if pages > limits.max_pages:
+            raise LoaderError(
+                f"{name} has {pages} pages, over the limit of {limits.max_pages} (RAGTUNE_MAX_PAGES)", "page_limit"
+            )
     except LoaderError:
         raise
     except Exception as exc:  # pypdf raises many kinds on hostile files; none may escape as a crash
@@ -41,16 +46,22 @@ def _open(data: bytes, name: str) -> Any:
 
 def check_pdf(data: bytes, name: str, limits: Limits) -> None:
     """Opens the structure (encryption, page tree) without extracting text."""
-    _open(data, name)
+    _open(data, name, limits)
 
 
 def load_pdf(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
-    reader = _open(data, name)
+    reader = _open(data, name, limits)
+    sections: list[Section] = []
+    extracted = 0
     try:
-        sections = [
-            Section(normalise(page.extract_text() or ""), page=i) for i, page in enumerate(reader.pages, start=1)
-        ]
+        for i, page in enumerate(reader.pages, start=1):
+            sections.append(Section(normalise(page.extract_text() or ""), page=i))
+            extracted += len(sections[-1].text)
+            if extracted > limits.max_extracted_chars:
+                raise chars_error(name, limits)
         title = metadata_title((reader.metadata or {}).get("/Title"))
+    except LoaderError:
+        raise
     except Exception as exc:  # as in _open: a hostile page is a per-document error
         raise _unreadable(name, exc) from exc
     if not any(s.text for s in sections):
