@@ -56,14 +56,31 @@ def test_expired_lease_is_claimed_again_and_the_old_owner_loses_it(queue):
     assert queue.heartbeat(job.id, "w2", 30)
 
 
-def test_a_job_whose_workers_keep_dying_is_failed_after_max_attempts(queue):
-    job = queue.enqueue(new_files("a.md"))
-    for _ in range(2):
-        assert queue.claim("w", lease_seconds=0.05, max_attempts=2) is not None
+def test_a_file_whose_workers_keep_dying_is_failed_and_the_others_go_on(queue):
+    job = queue.enqueue(new_files("a.md", "poison.md", "c.md"))
+    claimed = queue.claim("w0", lease_seconds=0.05, max_attempts=2)
+    assert queue.record_file(job.id, "w0", 0, FILE_INDEXED, 2)
+    for crash in (1, 2):  # each worker dies on poison.md: its lease runs out
         time.sleep(0.1)
-    assert queue.claim("w", 0.05, max_attempts=2) is None
-    failed = queue.get(job.id)
-    assert failed.state == FAILED and "gave up after 2 attempts" in failed.error
+        claimed = queue.claim(f"w{crash}", lease_seconds=0.05, max_attempts=2)
+        assert claimed is not None and claimed.state == "running"
+    statuses = [f.status for f in claimed.files]
+    assert statuses == [FILE_INDEXED, FILE_FAILED, QUEUED]  # only the file it died on, after 2 crashes
+    assert "the worker stopped 2 times while indexing this file" in claimed.files[1].error
+    assert claimed.files_done == 2 and claimed.files_failed == 1
+    assert queue.record_file(job.id, "w2", 2, FILE_INDEXED, 1) and queue.finish(job.id, "w2")
+    done = queue.get(job.id)
+    assert done.state == DONE and done.files_failed == 1 and done.files_done == 3
+
+
+def test_a_worker_dying_after_the_last_file_charges_no_file(queue):
+    job = queue.enqueue(new_files("a.md"))
+    queue.claim("w0", lease_seconds=0.05, max_attempts=1)
+    queue.record_file(job.id, "w0", 0, FILE_INDEXED, 2)
+    time.sleep(0.1)
+    resumed = queue.claim("w1", 30, max_attempts=1)
+    assert [f.status for f in resumed.files] == [FILE_INDEXED] and resumed.files_failed == 0
+    assert queue.finish(job.id, "w1") and queue.get(job.id).state == DONE
 
 
 def test_release_retries_later_then_fails(queue):

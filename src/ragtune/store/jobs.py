@@ -52,8 +52,6 @@ JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
 # Outcomes of one file of a job; QUEUED until a worker has processed it.
 FILE_INDEXED, FILE_UNCHANGED, FILE_FAILED = "indexed", "unchanged", "failed"
 
-_MAX_CLAIM_SCAN = 16  # exhausted jobs failed per claim() call before it gives up for now
-
 
 def _changed(session: Session, statement: Any) -> int:
     """Rows an UPDATE changed (the compare-and-set checks read it)."""
@@ -96,6 +94,17 @@ class JobFileRow(TableBase):
     status: Mapped[str] = mapped_column(String(16), default=QUEUED)
     chunks: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class JobFileCrashRow(TableBase):
+    """How many workers died while on one file: past `max_attempts` that file is failed and the
+    job goes on with the rest, so one poisonous file cannot cost the others their attempts."""
+
+    __tablename__ = "job_file_crashes"
+
+    job_id: Mapped[str] = mapped_column(String(32), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    crashes: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class JobProgressRow(TableBase):
@@ -170,6 +179,7 @@ class JobQueue:
                 TableBase.metadata.tables[JobRow.__tablename__],
                 TableBase.metadata.tables[JobFileRow.__tablename__],
                 TableBase.metadata.tables[JobProgressRow.__tablename__],
+                TableBase.metadata.tables[JobFileCrashRow.__tablename__],
             ],
         )
 
@@ -253,52 +263,68 @@ class JobQueue:
     # --- workers -------------------------------------------------------------------------
     def claim(self, worker_id: str, lease_seconds: float, max_attempts: int) -> Job | None:
         """The oldest job that is queued, or running under an expired lease, now leased to
-        `worker_id`; None when there is none. A job already claimed `max_attempts` times
-        whose worker died again is marked failed instead of being claimed once more."""
-        for _ in range(_MAX_CLAIM_SCAN):
-            now = time.time()
-            claimable = or_(
-                and_(JobRow.state == QUEUED, JobRow.available_at <= now),
-                and_(JobRow.state == RUNNING, JobRow.lease_until < now),
+        `worker_id`; None when there is none.
+
+        An expired lease means the worker died (killed, out of memory) on the job's first
+        unfinished file: that file is charged one crash, and once it has `max_attempts` it is
+        failed and the job goes on with the rest. Every crash is charged to some file, so a job
+        is retried at most files x max_attempts times."""
+        now = time.time()
+        claimable = or_(
+            and_(JobRow.state == QUEUED, JobRow.available_at <= now),
+            and_(JobRow.state == RUNNING, JobRow.lease_until < now),
+        )
+        with self.catalog.session() as s, s.begin():
+            candidate = s.execute(
+                select(JobRow.id, JobRow.state)
+                .where(claimable)
+                .order_by(JobRow.created_at, JobRow.id)
+                .limit(1)
+                .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
+            ).first()
+            if candidate is None:
+                return None
+            job_id, state = candidate
+            # Compare-and-set: on SQLite (no row locks) a racing claimer matches 0 rows.
+            claimed = _changed(
+                s,
+                update(JobRow)
+                .where(JobRow.id == job_id, claimable)
+                .values(
+                    state=RUNNING, claimed_by=worker_id, lease_until=now + lease_seconds, attempts=JobRow.attempts + 1
+                ),
             )
-            with self.catalog.session() as s, s.begin():
-                candidate = s.execute(
-                    select(JobRow.id, JobRow.attempts)
-                    .where(claimable)
-                    .order_by(JobRow.created_at, JobRow.id)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)  # PostgreSQL; SQLite has one writer anyway
-                ).first()
-                if candidate is None:
-                    return None
-                job_id, attempts = candidate
-                if attempts >= max_attempts:
-                    s.execute(
-                        update(JobRow)
-                        .where(JobRow.id == job_id, claimable)
-                        .values(
-                            state=FAILED,
-                            lease_until=0.0,
-                            error=f"gave up after {attempts} attempts: the worker running it stopped each time "
-                            "(killed, out of memory?); see the worker logs, then upload the files again",
-                        )
-                    )
-                    continue
-                # Compare-and-set: on SQLite (no row locks) a racing claimer matches 0 rows.
-                claimed = _changed(
-                    s,
-                    update(JobRow)
-                    .where(JobRow.id == job_id, claimable)
-                    .values(
-                        state=RUNNING,
-                        claimed_by=worker_id,
-                        lease_until=now + lease_seconds,
-                        attempts=JobRow.attempts + 1,
-                    ),
-                )
-            if claimed:
-                return self.get(job_id)
-        return None
+            if claimed and state == RUNNING:
+                self._charge_crash(s, job_id, max_attempts)
+        return self.get(job_id) if claimed else None
+
+    @staticmethod
+    def _charge_crash(s: Session, job_id: str, max_attempts: int) -> None:
+        seq = s.scalar(select(func.min(JobFileRow.seq)).where(JobFileRow.job_id == job_id, JobFileRow.status == QUEUED))
+        if seq is None:  # it died after its last file: nothing to blame
+            return
+        row = s.get(JobFileCrashRow, (job_id, seq))
+        if row is None:
+            row = JobFileCrashRow(job_id=job_id, seq=seq, crashes=0)
+            s.add(row)
+        row.crashes += 1
+        if row.crashes < max_attempts:
+            return
+        s.execute(
+            update(JobFileRow)
+            .where(JobFileRow.job_id == job_id, JobFileRow.seq == seq)
+            .values(
+                status=FILE_FAILED,
+                data=b"",
+                error=f"the worker stopped {row.crashes} times while indexing this file (killed, out of "
+                "memory?); see the worker logs. The job's other files went on.",
+            )
+        )
+        s.execute(
+            update(JobRow)
+            .where(JobRow.id == job_id)
+            .values(files_done=JobRow.files_done + 1, files_failed=JobRow.files_failed + 1)
+        )
 
     def heartbeat(self, job_id: str, worker_id: str, lease_seconds: float) -> bool:
         """Extends the lease; False when the job is no longer this worker's (its lease ran
