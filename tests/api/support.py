@@ -18,6 +18,8 @@ from fastapi.testclient import TestClient
 from ragtune.api.app import create_app
 from ragtune.api.deps import Services
 from ragtune.config import Settings
+from ragtune.ingest.chunking import chunk_document
+from ragtune.ingest.loaders import load_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"
@@ -137,3 +139,19 @@ class MilvusServer:
         if self._server is not None:
             self._server.stop()
             self._server = None
+
+
+def clean_chunk_counts(texts: dict[str, str], documents: list[dict]) -> dict[str, int]:
+    """Chunks per document id that a clean run makes of the uploaded `texts` (by file name),
+    for `documents` as an upload's 202 lists them."""
+    settings = Settings()
+    return {
+        d["document_id"]: len(
+            chunk_document(
+                load_bytes(texts[d["filename"]].encode(), d["source"]),
+                settings.ingest.chunk_size,
+                settings.ingest.chunk_overlap,
+            )
+        )
+        for d in documents
+    }

@@ -16,10 +16,8 @@ import httpx
 import pytest
 
 from ragtune.config import Settings
-from ragtune.ingest.chunking import chunk_document
-from ragtune.ingest.loaders import load_bytes
 from ragtune.store.milvus import MilvusStore
-from tests.api.support import free_port, wait_for_job, wait_until
+from tests.api.support import clean_chunk_counts, free_port, wait_for_job, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -85,18 +83,8 @@ def test_killed_serve_resumes_its_job_without_loss_or_duplicates(tmp_path):
         assert done["state"] == "done" and done["files_failed"] == 0 and done["attempts"] == 2
         assert [f["status"] for f in done["files"]] == ["indexed"] * len(texts)
 
-    settings = Settings()
-    expected = {
-        d["document_id"]: len(
-            chunk_document(
-                load_bytes(texts[d["filename"]].encode(), d["source"]),
-                settings.ingest.chunk_size,
-                settings.ingest.chunk_overlap,
-            )
-        )
-        for d in accepted["documents"]
-    }
-    store = MilvusStore(str(data / "milvus.db"), settings.store.collection, 384)
+    expected = clean_chunk_counts(texts, accepted["documents"])
+    store = MilvusStore(str(data / "milvus.db"), Settings().store.collection, 384)
     try:
         for doc_id, count in expected.items():
             ids = [hit.id for hit in store.chunks(doc_id)]

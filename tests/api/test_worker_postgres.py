@@ -18,11 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from ragtune.config import Settings
-from ragtune.ingest.chunking import chunk_document
-from ragtune.ingest.loaders import load_bytes
 from ragtune.types import Filters
-from tests.api.support import MilvusServer, app_client, free_port, service_settings, wait_for_job, wait_until
+from tests.api.support import (
+    MilvusServer,
+    app_client,
+    clean_chunk_counts,
+    free_port,
+    service_settings,
+    wait_for_job,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -221,17 +226,7 @@ def test_killed_worker_job_is_finished_by_the_other_without_duplicates(api, work
     assert victim.claimed().count(job_id) == 1 and survivor.claimed().count(job_id) == 1
     assert all(f["status"] == "indexed" for f in done["files"])
 
-    settings = Settings()
-    expected = {
-        d["document_id"]: len(
-            chunk_document(
-                load_bytes(texts[d["filename"]].encode(), d["source"]),
-                settings.ingest.chunk_size,
-                settings.ingest.chunk_overlap,
-            )
-        )
-        for d in accepted["documents"]
-    }
+    expected = clean_chunk_counts(texts, accepted["documents"])
     for doc_id, count in expected.items():
         record = api.get(f"/v1/documents/{doc_id}").json()
         assert record["status"] == "indexed" and record["chunks"] == count
