@@ -4,6 +4,7 @@ needed, and a tiny Llama with its tokenizer, so no model is downloaded."""
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -28,19 +29,7 @@ def pdf_bytes(pages: list[str], title: str = "") -> bytes:
         objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream".encode())
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     objects.append(f"<< /Title ({title}) >>".encode())
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
-    xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    out.write("".join(f"{o:010d} 00000 n \n" for o in offsets).encode())
-    out.write(
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info {info_id} 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    )
-    return out.getvalue()
+    return _pdf_file(objects, f" /Info {info_id} 0 R")
 
 
 def encrypted_pdf_bytes(text: str, password: str = "secret") -> bytes:
@@ -207,6 +196,58 @@ WORDS = [
     ")",
     "_",
 ]
+
+
+def blank_pdf(pages: int) -> bytes:
+    """A valid PDF of `pages` empty pages (one page object, referenced `pages` times: a
+    5,000-page file is 60 KB and takes no time to build)."""
+    kids = " ".join(["3 0 R"] * pages)
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {pages} >>".encode(),
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 72 72] >>",
+    ]
+    return _pdf_file(objects)
+
+
+def _pdf_file(objects: list[bytes], trailer: str = "") -> bytes:
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(f"{number} 0 obj\n".encode() + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    out.write("".join(f"{o:010d} 00000 n \n" for o in offsets).encode())
+    out.write(f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R{trailer} >>\nstartxref\n{xref}\n%%EOF\n".encode())
+    return out.getvalue()
+
+
+def lying_docx(inflated: int) -> bytes:
+    """A real DOCX whose word/document.xml declares 4 KiB in its zip headers but inflates to `inflated` bytes."""
+    source = zipfile.ZipFile(io.BytesIO(docx_bytes([("Normal", "hello")])))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            if info.filename == "word/document.xml":
+                archive.writestr(info.filename, b"\0" * inflated)
+            else:
+                archive.writestr(info.filename, source.read(info.filename))
+    data = bytearray(out.getvalue())
+    name = b"word/document.xml"
+    patched = 0
+    at = 0
+    while (at := data.find(name, at)) != -1:
+        if data[at - 30 : at - 26] == b"PK\x03\x04":  # local header: uncompressed size at offset 22
+            struct.pack_into("<I", data, at - 30 + 22, 4096)
+            patched += 1
+        elif data[at - 46 : at - 42] == b"PK\x01\x02":  # central header: uncompressed size at offset 24
+            struct.pack_into("<I", data, at - 46 + 24, 4096)
+            patched += 1
+        at += len(name)
+    assert patched == 2
+    return bytes(data)
 
 
 def build_tiny_llama(directory: Path, seed: int = 0) -> Path:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,3 +158,23 @@ def clean_chunk_counts(texts: dict[str, str], documents: list[dict]) -> dict[str
         )
         for d in documents
     }
+
+
+class WorkerProcess:
+    """A `ragtune worker` process, its log in a file: which jobs it claimed, whether it started."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ragtune.cli", "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("w"),
+        )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def claimed(self) -> list[str]:
+        return re.findall(r"claimed job (\w+)", self.log)

@@ -7,11 +7,9 @@ from __future__ import annotations
 import glob
 import os
 import pwd
-import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ import pytest
 from ragtune.types import Filters
 from tests.api.support import (
     MilvusServer,
+    WorkerProcess,
     app_client,
     clean_chunk_counts,
     free_port,
@@ -113,24 +112,6 @@ def milvus(tmp_path_factory) -> Iterator[MilvusServer]:
     server = MilvusServer(tmp_path_factory.mktemp("milvus") / "server.db").start()
     yield server
     server.stop()
-
-
-class WorkerProcess:
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
-        self.log_path = log_dir / f"{name}.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ragtune.cli", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log_path.open("w"),
-        )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def claimed(self) -> list[str]:
-        return re.findall(r"claimed job (\w+)", self.log)
 
 
 @pytest.fixture(scope="module")

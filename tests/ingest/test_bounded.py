@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import codecs
 import io
-import struct
 import time
 import zipfile
 
@@ -46,26 +45,17 @@ def test_markdown_recursion_error_never_escapes(monkeypatch):
     def recurse(*_: object, **__: object) -> str:
         raise RecursionError("maximum recursion depth exceeded")
 
-    monkeypatch.setattr(html.markdown, "markdown", recurse)
+    monkeypatch.setattr(html, "render_markdown", recurse)
     with pytest.raises(LoaderError, match="nests too deeply") as caught:
         load_bytes(b"# Title\n\n> > > deep", "deep.md")
     assert caught.value.code == "nesting_limit"
 
 
-def _blank_pdf(pages: int) -> bytes:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=72, height=72)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
 def test_pdf_over_max_pages_is_refused_before_extracting():
+    import builders  # here, not at the top: the sandbox's child imports this module
+
     with pytest.raises(LoaderError, match="RAGTUNE_MAX_PAGES") as caught:
-        load_bytes(_blank_pdf(30), "many.pdf", Limits(max_pages=10))
+        load_bytes(builders.blank_pdf(30), "many.pdf", Limits(max_pages=10))
     assert caught.value.code == "page_limit"
 
 
@@ -74,36 +64,10 @@ def test_extracted_text_over_the_limit_is_refused():
         load_bytes(b"word " * 10_000, "big.txt", Limits(max_extracted_chars=1000))
 
 
-def _lying_docx(inflated: int) -> bytes:
-    """A real DOCX whose word/document.xml declares 4 KiB in its headers but inflates to `inflated` bytes."""
-    from builders import docx_bytes  # here, not at the top: the sandbox's child imports this module
-
-    source = zipfile.ZipFile(io.BytesIO(docx_bytes([("Normal", "hello")])))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
-        for info in source.infolist():
-            if info.filename == "word/document.xml":
-                archive.writestr(info.filename, b"\0" * inflated)
-            else:
-                archive.writestr(info.filename, source.read(info.filename))
-    data = bytearray(out.getvalue())
-    name = b"word/document.xml"
-    patched = 0
-    at = 0
-    while (at := data.find(name, at)) != -1:
-        if data[at - 30 : at - 26] == b"PK\x03\x04":  # local header: uncompressed size at offset 22
-            struct.pack_into("<I", data, at - 30 + 22, 4096)
-            patched += 1
-        elif data[at - 46 : at - 42] == b"PK\x01\x02":  # central header: uncompressed size at offset 24
-            struct.pack_into("<I", data, at - 46 + 24, 4096)
-            patched += 1
-        at += len(name)
-    assert patched == 2
-    return bytes(data)
-
-
 def test_docx_with_lying_sizes_is_refused_while_inflating():
-    data = _lying_docx(50 * 1024 * 1024)
+    import builders
+
+    data = builders.lying_docx(50 * 1024 * 1024)
     assert sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(data)).infolist()) < 1024 * 1024
     with pytest.raises(LoaderError, match=r"damaged zip/DOCX archive \(Bad CRC-32") as caught:
         load_bytes(data, "liar.docx", Limits(max_uncompressed_bytes=10 * 1024 * 1024))

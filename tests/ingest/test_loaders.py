@@ -74,7 +74,7 @@ def test_markdown_heading_trail_and_no_markup():
 
 def test_html_drops_scripts_and_keeps_title():
     html = b"<!doctype html><html><head><title>Page</title><style>p{}</style></head><body><script>evil()</script><h1>Top</h1><p>Body text.</p></body></html>"
-    doc = load_bytes(html, "page")  # no extension: detected from the content
+    doc = load_bytes(html, "page.txt")  # named as text: detected as HTML from the content
     assert doc.content_type == HTML.content_type and doc.title == "Page"
     assert doc.text == "Body text." and "evil" not in doc.text
 
@@ -83,9 +83,9 @@ def test_html_drops_scripts_and_keeps_title():
     ("data", "name", "expected"),
     [
         (pdf_bytes(["x"]), "report.txt", PDF),  # content wins over a wrong extension
-        (docx_bytes([("Normal", "x")]), "notes.bin", DOCX),
+        (docx_bytes([("Normal", "x")]), "notes.md", DOCX),
         (b"<html><body>x</body></html>", "notes.txt", HTML),
-        (b"plain words", "README", TEXT),
+        (b"plain words", "README.TXT", TEXT),
     ],
 )
 def test_type_is_detected_from_content(data, name, expected):
@@ -95,6 +95,8 @@ def test_type_is_detected_from_content(data, name, expected):
 @pytest.mark.parametrize(
     ("data", "name", "message"),
     [
+        (b"plain words", "README", "has no file extension"),
+        (b"plain words", "notes.exe", "is named .exe, not a supported type"),
         (b"", "empty.txt", "is empty"),
         (b"   \n\t ", "blank.md", "is empty"),
         (bytes(range(256)) * 8, "binary.txt", "binary file"),

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from ragtune.embed.embedders import EmbeddingError
 from ragtune.generate.openai_compat import LLMServerError
@@ -77,6 +78,13 @@ def install_error_handlers(app: FastAPI) -> None:
             bad = exc.__cause__
             code = "invalid_encoding"
             message = f"the request body is not valid UTF-8 (byte 0x{bad.object[bad.start]:02x} at offset {bad.start}); send UTF-8 JSON"
+        elif isinstance(exc.__context__, MultiPartException):
+            # Starlette says only "Invalid multipart data."; python-multipart's reason is one cause further.
+            reason = exc.__context__.__cause__ or exc.__context__
+            message = (
+                f"the multipart body cannot be read ({reason}); each part's headers, its file name "
+                "included, must fit in 4 KiB, and files go in parts named `files`"
+            )
         return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

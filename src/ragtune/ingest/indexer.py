@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
 from ragtune.ingest.chunking import chunk_document, document_id
-from ragtune.ingest.formats import SUPPORTED_EXTENSIONS, Limits, LoaderError
+from ragtune.ingest.formats import Limits, LoaderError, has_supported_name
 from ragtune.ingest.sandbox import shared_parser
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
@@ -46,13 +46,17 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # in folders, files of no supported type
     chunks: int = 0
 
     def summary(self) -> str:
-        return (
+        summary = (
             f"{len(self.indexed)} indexed ({self.chunks} chunks), {len(self.unchanged)} unchanged, "
             f"{len(self.failed)} failed, {len(self.removed)} removed"
         )
+        if self.passed_over:
+            summary += f", {len(self.passed_over)} passed over (not a supported type)"
+        return summary
 
 
 @dataclass
@@ -84,6 +88,7 @@ def discover(
     shard: tuple[int, int] | None = None,
     follow_links: bool = False,
     skipped: list[tuple[str, str]] | None = None,
+    passed_over: list[str] | None = None,
 ) -> Iterator[Path]:
     """The files to index: explicit files as given, folders walked for supported types.
 
@@ -96,10 +101,9 @@ def discover(
     linked folders are walked once each, so a link loop ends. Explicit files are read
     wherever their links point: naming one is asking for it.
 
-    The folder walk picks files by extension (``SUPPORTED_EXTENSIONS``), so a stray binary
-    in a folder is never read. An HTTP upload is judged by its bytes instead
-    (`ragtune.ingest.loaders.detect_format`): a text file named ``notes.exe`` is accepted
-    over HTTP but passed over by the walk; name it for its format to have it ingested.
+    The folder walk passes over files without a supported extension (`check_name`, the
+    rule an explicit file and an HTTP upload meet too), so a stray binary in a folder is
+    never read; their paths are appended to `passed_over`.
     """
 
     def skip(path: Path, reason: str) -> None:
@@ -143,7 +147,9 @@ def discover(
                             visited.add(target)
                             stack.append(path)
                     continue
-                if path.suffix.lower() not in SUPPORTED_EXTENSIONS:
+                if not has_supported_name(entry.name):
+                    if passed_over is not None:
+                        passed_over.append(str(path))
                     continue
                 if is_link and not follow_links:
                     linked = Path(os.path.realpath(path))
@@ -201,7 +207,7 @@ class Ingestor:
             raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
         roots = [p.resolve() for p in paths]
         report = IngestReport()
-        files = list(discover(roots, shard, follow_links, skipped=report.failed))
+        files = list(discover(roots, shard, follow_links, skipped=report.failed, passed_over=report.passed_over))
         bar = tqdm(
             total=len(files),
             unit="file",

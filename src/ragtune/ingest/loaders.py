@@ -26,6 +26,7 @@ from ragtune.ingest.formats import (
     bom_encoding,
     by_extension,
     chars_error,
+    check_name,
     supported_names,
 )
 from ragtune.types import LoadedDocument
@@ -34,8 +35,10 @@ _SNIFF_BYTES = 8192
 
 
 def detect_format(data: bytes, filename: str) -> Format:
-    """The document's format from its bytes; the extension only separates text dialects."""
+    """The document's format from its bytes; the extension, which must be a supported one
+    (`check_name`), only separates text dialects."""
     name = Path(filename).name
+    check_name(filename)
     named = by_extension(Path(filename).suffix)
     if not data.strip():
         raise LoaderError(f"{name} is empty: there is no text to index", "empty_file")

@@ -11,6 +11,8 @@ defines its `Format`, plus one line in `FORMATS`.
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from ragtune.ingest.formats.base import Format, Limits, LoaderError, bom_encoding, chars_error, decode_text
 from ragtune.ingest.formats.docx import DOCX
 from ragtune.ingest.formats.html import HTML, MARKDOWN
@@ -37,7 +39,9 @@ __all__ = [
     "by_content_type",
     "by_extension",
     "chars_error",
+    "check_name",
     "decode_text",
+    "has_supported_name",
     "supported_names",
 ]
 
@@ -48,6 +52,29 @@ def by_content_type(content_type: str) -> Format:
 
 def by_extension(suffix: str) -> Format | None:
     return next((fmt for fmt in FORMATS if suffix.lower() in fmt.extensions), None)
+
+
+def has_supported_name(filename: str) -> bool:
+    return PurePosixPath(filename.replace("\\", "/")).suffix.lower() in SUPPORTED_EXTENSIONS
+
+
+def check_name(filename: str) -> None:
+    """Raises LoaderError unless the name ends in a supported extension.
+
+    One rule for a folder's walk, a file named on the command line and an HTTP upload:
+    the name says the file is meant as a document, and its bytes then decide which
+    supported format it is (`ragtune.ingest.loaders.detect_format`; a PDF named
+    ``.txt`` is read as a PDF). Without it, a folder walk would have to read every file
+    to find out, and a ``notes.exe`` would be indexed by one path and not the other.
+    """
+    if has_supported_name(filename):
+        return
+    path = PurePosixPath(filename.replace("\\", "/"))
+    said = f"is named {path.suffix}" if path.suffix else "has no file extension"
+    raise LoaderError(
+        f"{path.name} {said}, not a supported type; name it for its format ({accept_attribute().replace(',', ', ')})",
+        "unsupported_type",
+    )
 
 
 def supported_names() -> str:
