@@ -7,7 +7,7 @@ import json
 from builders import pdf_bytes
 from ragtune.ingest.formats import accept_attribute, supported_names
 from ragtune.types import Filters
-from tests.api.support import wait_for_job
+from tests.api.support import app_client, service_settings, wait_for_job
 
 SAMPLE_NAMES = [
     "architecture.html",
@@ -166,6 +166,17 @@ def test_delete_removes_the_document_and_its_chunks(indexed):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "document_not_found"
     again = indexed.http.delete(f"/v1/documents/{doc_id}")
     assert again.status_code == 404 and doc_id in again.json()["error"]["message"]
+
+
+def test_a_queued_upload_cannot_be_deleted_until_its_job_ends(tmp_path, embedder):
+    # No worker: the upload stays queued. A 404 here would let the job index it afterwards.
+    with app_client(service_settings(tmp_path / "data", embedded_worker=False), embedder) as http:
+        accepted = http.post("/v1/documents", files=[("files", ("later.md", b"# Later\n\nQueued text."))]).json()
+        doc_id, job_id = accepted["documents"][0]["document_id"], accepted["job_id"]
+        refused = http.delete(f"/v1/documents/{doc_id}")
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "document_queued"
+        assert job_id in refused.json()["error"]["message"]
+        assert http.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
 
 
 def test_unknown_job_and_route_are_json_404s(indexed):

@@ -94,6 +94,16 @@ def test_release_retries_later_then_fails(queue):
     assert "failed 2 times; last error: Milvus unreachable" in queue.get(job.id).error
 
 
+def test_waiting_for_names_only_jobs_that_will_still_index_the_file(queue):
+    job = queue.enqueue(new_files("a.md", "b.md"))
+    assert queue.waiting_for("doc-a.md") == job.id and queue.waiting_for("doc-zzz") is None
+    queue.claim("w", 30, max_attempts=1)
+    assert queue.record_file(job.id, "w", 0, "indexed", 1)
+    assert queue.waiting_for("doc-a.md") is None and queue.waiting_for("doc-b.md") == job.id  # running
+    assert queue.release(job.id, "w", "Milvus unreachable", max_attempts=1, retry_after=0) == FAILED
+    assert queue.waiting_for("doc-b.md") is None  # a failed job never reaches its queued files
+
+
 def test_give_back_does_not_count_an_attempt(queue):
     job = queue.enqueue(new_files("a.md", "b.md"))
     queue.claim("w", 30, 3)

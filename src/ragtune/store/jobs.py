@@ -253,6 +253,16 @@ class JobQueue:
             raise KeyError(f"job {job_id} has no file {seq}")
         return bytes(data)
 
+    def waiting_for(self, doc_id: str) -> str | None:
+        """The id of a job that still has this document's upload to index, if any."""
+        with self.catalog.session() as s:
+            return s.scalar(
+                select(JobFileRow.job_id)
+                .join(JobRow, JobRow.id == JobFileRow.job_id)
+                .where(JobFileRow.doc_id == doc_id, JobFileRow.status == QUEUED, JobRow.state.in_((QUEUED, RUNNING)))
+                .limit(1)
+            )
+
     def counts(self) -> dict[str, int]:
         with self.catalog.session() as s:
             rows = s.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all()

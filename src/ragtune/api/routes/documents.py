@@ -25,7 +25,7 @@ from ragtune.types import TagError, check_tags
 router = APIRouter(prefix="/v1", tags=["documents"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 413, 415, 422, 429, 503)
+    code: {"model": ErrorResponse} for code in (401, 404, 409, 413, 415, 422, 429, 503)
 }
 
 
@@ -129,7 +129,16 @@ def get_document(services: ServicesDep, id: str) -> DocumentOut:
 
 @router.delete("/documents/{id}", response_model=DeletedDocument, responses=_ERRORS)
 def delete_document(services: ServicesDep, id: str) -> DeletedDocument:
-    """Removes the document's chunks from the index and the document from the catalog."""
+    """Removes the document's chunks from the index and the document from the catalog. An
+    upload still queued is not deleted (409): its job would index it again afterwards."""
+    waiting = services.queue.waiting_for(id)
+    if waiting is not None:
+        raise ApiError(
+            409,
+            "document_queued",
+            f"document {id!r} has an upload queued in job {waiting}, not indexed yet; "
+            f"delete it once GET /v1/jobs/{waiting} shows the job finished",
+        )
     record = services.system.catalog.get(id)
     if record is None:
         raise ApiError(404, "document_not_found", f"no document with id {id!r}; GET /v1/documents lists them")
