@@ -101,7 +101,7 @@ def discover(
     linked folders are walked once each, so a link loop ends. Explicit files are read
     wherever their links point: naming one is asking for it.
 
-    The folder walk passes over files without a supported extension (`check_name`, the
+    The folder walk passes over files without a supported extension (`format_by_name`, the
     rule an explicit file and an HTTP upload meet too), so a stray binary in a folder is
     never read; their paths are appended to `passed_over`.
     """

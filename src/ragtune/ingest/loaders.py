@@ -24,9 +24,8 @@ from ragtune.ingest.formats import (
     Limits,
     LoaderError,
     bom_encoding,
-    by_extension,
     chars_error,
-    check_name,
+    format_by_name,
     supported_names,
 )
 from ragtune.types import LoadedDocument
@@ -36,10 +35,9 @@ _SNIFF_BYTES = 8192
 
 def detect_format(data: bytes, filename: str) -> Format:
     """The document's format from its bytes; the extension, which must be a supported one
-    (`check_name`), only separates text dialects."""
+    (`format_by_name`), only separates text dialects."""
     name = Path(filename).name
-    check_name(filename)
-    named = by_extension(Path(filename).suffix)
+    named = format_by_name(filename)
     if not data.strip():
         raise LoaderError(f"{name} is empty: there is no text to index", "empty_file")
     for fmt in FORMATS:
@@ -47,7 +45,7 @@ def detect_format(data: bytes, filename: str) -> Format:
             return fmt
     if data.startswith(b"PK\x03\x04"):
         return _zip_format(data, name)
-    if named is not None and named.binary:
+    if named.binary:
         raise LoaderError(f"{name} is named {Path(filename).suffix} but {named.misnamed}", "unsupported_type")
     encoding = bom_encoding(data)
     if encoding is not None:  # UTF-16/32 text: its NUL bytes are no sign of a binary file
@@ -62,8 +60,8 @@ def detect_format(data: bytes, filename: str) -> Format:
     return _text_format(named, head)
 
 
-def _text_format(named: Format | None, head: bytes) -> Format:
-    if named is not None and named is not TEXT:  # a text dialect: the name decides
+def _text_format(named: Format, head: bytes) -> Format:
+    if named is not TEXT:  # a text dialect: the name decides
         return named
     if head[:1024].lstrip().lower().startswith((b"<!doctype html", b"<html")):
         return HTML

@@ -39,8 +39,8 @@ __all__ = [
     "by_content_type",
     "by_extension",
     "chars_error",
-    "check_name",
     "decode_text",
+    "format_by_name",
     "has_supported_name",
     "supported_names",
 ]
@@ -54,12 +54,16 @@ def by_extension(suffix: str) -> Format | None:
     return next((fmt for fmt in FORMATS if suffix.lower() in fmt.extensions), None)
 
 
+def _suffix(filename: str) -> str:
+    return PurePosixPath(filename.replace("\\", "/")).suffix
+
+
 def has_supported_name(filename: str) -> bool:
-    return PurePosixPath(filename.replace("\\", "/")).suffix.lower() in SUPPORTED_EXTENSIONS
+    return by_extension(_suffix(filename)) is not None
 
 
-def check_name(filename: str) -> None:
-    """Raises LoaderError unless the name ends in a supported extension.
+def format_by_name(filename: str) -> Format:
+    """The format the name's extension says; LoaderError unless it is a supported one.
 
     One rule for a folder's walk, a file named on the command line and an HTTP upload:
     the name says the file is meant as a document, and its bytes then decide which
@@ -67,8 +71,9 @@ def check_name(filename: str) -> None:
     ``.txt`` is read as a PDF). Without it, a folder walk would have to read every file
     to find out, and a ``notes.exe`` would be indexed by one path and not the other.
     """
-    if has_supported_name(filename):
-        return
+    named = by_extension(_suffix(filename))
+    if named is not None:
+        return named
     path = PurePosixPath(filename.replace("\\", "/"))
     said = f"is named {path.suffix}" if path.suffix else "has no file extension"
     raise LoaderError(
