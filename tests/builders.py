@@ -1,13 +1,16 @@
-"""Build real test inputs in memory: documents (PDF, DOCX), so no binary fixtures are
-needed, and a tiny Llama with its tokenizer, so no model is downloaded."""
+"""Build real test inputs in memory: documents (PDF, DOCX, PPTX, XLSX, images, scans), so no
+binary fixtures are needed, and a tiny Llama with its tokenizer, so no model is downloaded."""
 
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zipfile
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 
 
@@ -290,3 +293,125 @@ def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def table_pdf_bytes(before: str, rows: list[list[str]], after: str) -> bytes:
+    """A one-page PDF: a line of text, a ruled table (fpdf2 draws its cell borders), a line of text."""
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.add_page()
+    pdf.set_font("Helvetica", size=11)
+    pdf.cell(0, 10, before, new_x="LMARGIN", new_y="NEXT")
+    with pdf.table() as table:
+        for cells in rows:
+            row = table.row()
+            for text in cells:
+                row.cell(text)
+    pdf.ln(4)
+    pdf.cell(0, 10, after, new_x="LMARGIN", new_y="NEXT")
+    return bytes(pdf.output())
+
+
+def docx_with_table(before: str, rows: list[list[str]], after: str) -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph(before)
+    table = document.add_table(rows=len(rows), cols=len(rows[0]))
+    for cells, row in zip(rows, table.rows):
+        for text, cell in zip(cells, row.cells):
+            cell.text = text
+    document.add_paragraph(after)
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+def text_image(lines: list[str], size: int = 40) -> Any:
+    """A white page with `lines` in black, large enough for Tesseract (a PIL image)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=size)
+    image = Image.new("L", (1400, 120 + len(lines) * size * 2), 255)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((60, 60 + i * size * 2), line, fill=0, font=font)
+    return image
+
+
+def image_bytes(images: list[Any], fmt: str = "PNG") -> bytes:
+    """The images in one file: a PDF of one image per page (a scan), a multi-page TIFF, or a PNG/JPEG of the first."""
+    out = io.BytesIO()
+    images[0].save(out, fmt, save_all=len(images) > 1, append_images=images[1:], resolution=150)
+    return out.getvalue()
+
+
+def noise_image(side: int, seed: int = 0) -> Any:
+    """Random black and white pixels: no text, and the hardest kind of page for Tesseract."""
+    import random
+
+    from PIL import Image
+
+    return Image.frombytes("L", (side, side), random.Random(seed).randbytes(side * side)).convert("1")
+
+
+def pptx_bytes(slides: list[tuple[str, str, str]], table: list[list[str]] | None = None) -> bytes:
+    """(title, body, speaker notes) per slide; `table`, if given, goes on the first slide."""
+    import pptx
+    from pptx.util import Inches
+
+    presentation = pptx.Presentation()
+    for i, (title, body, notes) in enumerate(slides):
+        slide = presentation.slides.add_slide(presentation.slide_layouts[1])  # title and content
+        slide.shapes.title.text = title
+        slide.placeholders[1].text_frame.text = body
+        slide.notes_slide.notes_text_frame.text = notes
+        if table and i == 0:
+            shape = slide.shapes.add_table(len(table), len(table[0]), Inches(1), Inches(4), Inches(6), Inches(1))
+            for cells, row in zip(table, shape.table.rows):
+                for text, cell in zip(cells, row.cells):
+                    cell.text = text
+    out = io.BytesIO()
+    presentation.save(out)
+    return out.getvalue()
+
+
+def xlsx_bytes(sheets: dict[str, list[list[object]]]) -> bytes:
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.remove(workbook.active)
+    for title, rows in sheets.items():
+        sheet = workbook.create_sheet(title)
+        for row in rows:
+            sheet.append(row)
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares `width` × `height` pixels (a decompression bomb's header)."""
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+def with_member(archive_bytes: bytes, member: str, body: bytes) -> bytes:
+    """The zip archive with `member` replaced by `body` (a damaged part inside a sound archive)."""
+    source = zipfile.ZipFile(io.BytesIO(archive_bytes))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for info in source.infolist():
+            archive.writestr(info.filename, body if info.filename == member else source.read(info.filename))
+    return out.getvalue()
+
+
+requires_tesseract = pytest.mark.skipif(
+    shutil.which("tesseract") is None, reason="Tesseract is not installed (run scripts/system-deps/tesseract.sh)"
+)

@@ -24,6 +24,7 @@ _VALUES = {
     "max_nesting_depth": "64",
     "max_pages": "30",
     "max_extracted_chars": "5000",
+    "ocr": "off",
     "embedding_model": "/models/minilm",
     "embedding_base_url": "http://embed:8080/v1",
     "embedding_api_key": "ek",

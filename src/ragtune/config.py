@@ -89,6 +89,11 @@ class IngestSettings(_Section):
     max_extracted_chars: int = Field(
         20_000_000, gt=0, description="Characters of text one document may yield (about 25,000 chunks)."
     )
+    ocr: Literal["auto", "off", "always"] = Field(
+        "auto",
+        description="Tesseract OCR: auto reads images and the PDF pages that have no text layer, "
+        "always every PDF page too, off none (such files are refused).",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> IngestSettings:
@@ -251,6 +256,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "max_nesting_depth": ("ingest", "max_nesting_depth"),
     "max_pages": ("ingest", "max_pages"),
     "max_extracted_chars": ("ingest", "max_extracted_chars"),
+    "ocr": ("ingest", "ocr"),
     "embedding_model": ("embedding", "model"),
     "embedding_base_url": ("embedding", "base_url"),
     "embedding_api_key": ("embedding", "api_key"),

@@ -39,11 +39,12 @@ from ragtune.store.milvus import MilvusStore
 def open_catalog(settings: Settings) -> Catalog:
     """The catalog database named by the settings (SQLite in the data directory by default)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Catalog(settings.resolved_catalog_url())
+    return Catalog(settings.resolved_catalog_url(), settings.store.collection)
 
 
-def open_store(settings: Settings, dimension: int) -> MilvusStore:
-    """The Milvus collection named by the settings, for vectors of `dimension`."""
+def open_store(settings: Settings, dimension: int, upgrade_server: bool = False) -> MilvusStore:
+    """The Milvus collection named by the settings, for vectors of `dimension` (see
+    `MilvusStore` for `upgrade_server`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.store
     return MilvusStore(
@@ -52,6 +53,7 @@ def open_store(settings: Settings, dimension: int) -> MilvusStore:
         dimension,
         store.milvus_token,
         timeout=store.milvus_timeout_seconds,
+        upgrade_server=upgrade_server,
     )
 
 

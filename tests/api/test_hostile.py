@@ -62,7 +62,7 @@ def other_zip() -> bytes:
     ("filename", "data", "status", "code", "message"),
     [
         ("big.txt", b"word " * (MAX_UPLOAD // 5 + 1), 413, "file_too_large", "RAGTUNE_MAX_UPLOAD_BYTES"),
-        ("photo.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, 415, "unsupported_type", "is named .png"),
+        ("photo.gif", b"GIF89a" + bytes(range(256)) * 4, 415, "unsupported_type", "is named .gif"),
         ("notes.txt", b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 600, 415, "unsupported_type", "binary file"),
         ("report.pdf", b"this is plain text named like a PDF", 415, "unsupported_type", "does not start with %PDF-"),
         ("archive.docx", other_zip(), 415, "unsupported_type", "not a Word document"),

@@ -8,6 +8,7 @@ import pytest
 
 from ragtune.store.catalog import Catalog
 from ragtune.store.jobs import DONE, FAILED, FILE_FAILED, FILE_INDEXED, QUEUED, RUNNING, JobQueue, NewFile
+from ragtune.types import Labels
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def new_files(*names: str) -> list[NewFile]:
 
 def test_claims_oldest_first_and_never_twice(queue):
     first = queue.enqueue(new_files("a.md"))
-    second = queue.enqueue(new_files("b.md", "c.md"), tags=("t",))
+    second = queue.enqueue(new_files("b.md", "c.md"), Labels(tags=("t",)))
     claimed = queue.claim("w1", lease_seconds=30, max_attempts=3)
     assert claimed.id == first.id and claimed.state == RUNNING and claimed.claimed_by == "w1" and claimed.attempts == 1
     other = queue.claim("w2", lease_seconds=30, max_attempts=3)

@@ -608,3 +608,74 @@ def test_api_key_entry_when_auth_is_on(browser, tmp_path, embedder):
         assert page.evaluate("localStorage.getItem('ragtune.apiKey')") is None
         assert service.http.get("/v1/documents").status_code == 401
         assert tab.unexpected_errors() == []
+
+
+def test_upload_into_a_collection_with_metadata(browser, tmp_path, embedder):
+    from playwright.sync_api import expect
+
+    with served(service_settings(tmp_path / "data"), embedder) as service, pages(browser) as context:
+        # Chromium logs the refused upload (422) as a console error; that one is expected here.
+        tab = Page(context, service.url, WIDE, allowed=(r"status of 422",))
+        page = tab.page
+        expect(page.locator("#documents-summary")).to_have_text("No documents yet.")
+        summary = page.locator("#upload-summary")
+        expect(summary).to_have_text("Upload into: ragtune (default)")
+        options = page.locator("#collection-options option")
+        expect(options).to_have_count(1)
+        assert options.first.get_attribute("value") == "ragtune"
+        summary.click()
+        collection, metadata = page.get_by_label("Collection"), page.get_by_label("Metadata (JSON object)")
+        expect(collection).to_be_visible()
+        expect(collection).to_have_attribute("placeholder", "ragtune (default)")
+        assert_accessible(page, "upload options")
+        note = ("finance-note.txt", b"The finance team closes the books on the third Tuesday.", "text/plain")
+
+        # Checked before anything is sent: a bad name or bad JSON is said, and nothing is uploaded.
+        collection.fill("-finance")
+        drop_files(page, [note])
+        error = page.locator("#upload-options-error")
+        expect(error).to_be_visible()
+        expect(error).to_contain_text('Collection "-finance" is not a valid name')
+        expect(collection).to_have_attribute("aria-invalid", "true")
+        collection.fill("finance")
+        expect(error).to_be_hidden()  # fixed: the message goes
+        for bad, said in (
+            ('{"team": ', "Metadata is not valid JSON"),
+            ('["finance"]', "Metadata must be a JSON object"),
+            ('{"the team": "finance"}', 'Metadata key "the team" is not allowed'),
+            ('{"team": {"name": "finance"}}', "Metadata team: use a text"),
+        ):
+            metadata.fill(bad)
+            drop_files(page, [note])
+            expect(error).to_contain_text(said)
+            expect(metadata).to_have_attribute("aria-invalid", "true")
+            expect(metadata).to_be_focused()
+        assert_accessible(page, "metadata refused")
+        expect(page.locator(".job")).to_have_count(0)
+
+        # What only the server refuses is shown on the upload's card.
+        metadata.fill('{"year": 9223372036854775808}')
+        drop_files(page, [note])
+        refused = page.locator(".job").first
+        expect(refused).to_have_attribute("data-state", "failed")
+        expect(refused.locator(".job-detail")).to_contain_text("Not uploaded: metadata year:")
+
+        metadata.fill('{"team": "finance", "year": 2024, "audited": true}')
+        expect(summary).to_have_text("Upload into: finance, with metadata")
+        drop_files(page, [note])
+        job = page.locator(".job").first
+        expect(job).to_have_attribute("data-state", "done", timeout=60_000)
+        listed = page.locator('#document-list .document[data-collection="finance"]')
+        expect(listed).to_have_count(1)
+        expect(listed).to_contain_text("finance · 1 chunk · uploads/finance-note.txt")
+        expect(listed).to_contain_text("team=finance, year=2024, audited=true")
+        expect(options).to_have_count(2)  # the new collection is offered next time
+        assert sorted(o.get_attribute("value") for o in options.all()) == ["finance", "ragtune"]
+        assert_accessible(page, "uploaded into a collection")
+
+        [doc] = service.http.get("/v1/collections/finance/documents").json()["documents"]
+        assert doc["source"] == "uploads/finance-note.txt"
+        assert doc["metadata"] == {"team": "finance", "year": 2024, "audited": True}
+        assert service.http.get("/v1/collections/ragtune/documents").json()["total"] == 0
+        page.screenshot(path=str(ARTIFACTS / "browser-collection-upload.png"))
+        assert tab.unexpected_errors() == []

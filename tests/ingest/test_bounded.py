@@ -13,7 +13,7 @@ import pytest
 from ragtune.ingest.formats import Limits, LoaderError
 from ragtune.ingest.loaders import detect_format, load_bytes
 from ragtune.ingest.sandbox import BoundedParser, Parsed, parse_document
-from ragtune.types import LoadedDocument, Section
+from ragtune.types import Labels, LoadedDocument, Section
 
 
 def test_nested_div_html_is_refused_at_the_nesting_limit():
@@ -102,13 +102,15 @@ def test_utf16_and_utf32_text_with_a_bom_is_loaded(bom, encoding):
 
 
 # --- the sandbox ---------------------------------------------------------------------------
-def slow_target(data: bytes, source: str, limits: Limits, size: int, overlap: int, tags: tuple[str, ...]) -> Parsed:
+def slow_target(
+    data: bytes, source: str, limits: Limits, size: int, overlap: int, labels: Labels, doc_id: str
+) -> Parsed:
     if data.startswith(b"slow"):
         time.sleep(60)
     if data.startswith(b"hungry"):
         hoard = [bytearray(64 * 1024 * 1024) for _ in range(64)]  # 4 GiB, over the child's limit
         del hoard
-    return parse_document(data, source, limits, size, overlap, tags)
+    return parse_document(data, source, limits, size, overlap, labels, doc_id)
 
 
 def test_sandbox_timeout_and_memory_limit_end_as_loader_errors_and_the_next_document_parses():

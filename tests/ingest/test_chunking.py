@@ -4,7 +4,7 @@ import re
 import pytest
 
 from ragtune.ingest.chunking import chunk_document, document_id, split_spans, split_text
-from ragtune.types import LoadedDocument, Section
+from ragtune.types import Labels, LoadedDocument, Section
 
 PROSE = " ".join(f"Sentence number {i} talks about topic{i % 7} and its details." for i in range(200))
 
@@ -58,7 +58,7 @@ def test_chunks_carry_source_page_heading_and_stable_ids():
         "A",
         [Section("Page one words.", page=1, heading="Intro"), Section("Page two words.", page=2)],
     )
-    chunks = chunk_document(doc, 1000, 200, tags=("manual",))
+    chunks = chunk_document(doc, 1000, 200, Labels(tags=("manual",)))
     assert [(c.page, c.heading, c.seq) for c in chunks] == [(1, "Intro", 0), (2, "", 1)]
     assert all(c.doc_id == document_id("/docs/a.pdf") and c.tags == ("manual",) for c in chunks)
     assert re.fullmatch(r"[0-9a-f]{24}-00001", chunks[1].id)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from ragtune.retrieve.retriever import reciprocal_rank_fusion
-from ragtune.types import Filters
+from ragtune.types import Filters, Labels
 
 
 def test_rrf_weights_and_k():
@@ -22,7 +22,7 @@ def test_rrf_needs_one_weight_per_list():
 
 @pytest.fixture
 def indexed(system, sample_dir):
-    system.ingestor.ingest_paths([sample_dir], tags=("samples",), progress=False)
+    system.ingestor.ingest_paths([sample_dir], Labels(tags=("samples",)), progress=False)
     return system
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from ragtune.store.base import StoreError, StoreLockedError
-from ragtune.store.milvus import MilvusStore, filter_expression
+from ragtune.store.expressions import filter_expression
+from ragtune.store.milvus import MilvusStore
 from ragtune.types import Chunk, Filters
 
 

@@ -31,7 +31,7 @@ from ragtune.api.errors import install_error_handlers
 from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder
 from ragtune.api.query_service import QueryService
 from ragtune.api.readiness import StoreProbe
-from ragtune.api.routes import conversations, documents, health, query, ui
+from ragtune.api.routes import collections, conversations, documents, health, keys, query, ui
 from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
@@ -47,6 +47,7 @@ log = logging.getLogger("ragtune.api")
 
 _MULTIPART_OVERHEAD = 1024 * 1024  # part headers and boundaries around the files of one upload
 _WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take to finish
+_ROUTES = (health, documents, collections, query, conversations, keys, ui)
 
 
 def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     )
     app.state.metrics = metrics
     install_error_handlers(app)
-    for module in (health, documents, query, conversations, ui):
+    for module in _ROUTES:
         app.include_router(module.router)
     app.mount("/ui", StaticFiles(directory=ui.WEB_DIR), name="ui")
 
@@ -122,7 +123,9 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     service = settings.service
     upload_limit = service.max_upload_bytes * service.max_files_per_request + _MULTIPART_OVERHEAD
     app.add_middleware(
-        BodyLimitMiddleware, default_limit=service.max_body_bytes, limits={("POST", "/v1/documents"): upload_limit}
+        BodyLimitMiddleware,
+        default_limit=service.max_body_bytes,
+        limits={("POST", "/v1/documents"): upload_limit, ("POST", "/v1/collections/*/documents"): upload_limit},
     )
     app.add_middleware(AuthMiddleware, exempt_paths=service.auth_exempt_paths, get_auth=_auth_of)
     if service.cors_origins:
@@ -134,7 +137,7 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             max_age=600,
         )
     endpoints = [r for r in app.router.routes if isinstance(r, (Route, Mount))]
-    endpoints += [r for module in (health, documents, query, conversations, ui) for r in module.router.routes]
+    endpoints += [r for module in _ROUTES for r in module.router.routes]
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=endpoints)
     return app
 

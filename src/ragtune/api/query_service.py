@@ -25,10 +25,9 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ragtune.api.errors import error_body
+from ragtune.api.errors import ApiError, error_body
 from ragtune.api.metrics import ServiceMetrics
-from ragtune.api.readiness import StoreProbe
-from ragtune.api.schemas import (
+from ragtune.api.openai_schemas import (
     ChatCompletion,
     ChatCompletionChoice,
     ChatCompletionChunk,
@@ -36,19 +35,23 @@ from ragtune.api.schemas import (
     ChatCompletionDelta,
     ChatCompletionMessage,
     ChatCompletionRequest,
+    Usage,
+)
+from ragtune.api.readiness import StoreProbe
+from ragtune.api.schemas import (
     CitationOut,
     QueryRequest,
     QueryResponse,
     RetrievedChunk,
     TokenEvent,
-    Usage,
+    citations_of,
 )
 from ragtune.config import RetrievalMode
 from ragtune.generate.rewrite import RuleCondenser
 from ragtune.pipeline import RagPipeline, search_timings
 from ragtune.store.catalog import Catalog
 from ragtune.store.conversations import HISTORY_TURNS, ConversationConflictError, Conversations
-from ragtune.types import Answer, Filters, Turn, check_question
+from ragtune.types import Answer, Filters, MetadataError, Turn, check_question
 
 log = logging.getLogger("ragtune.api")
 
@@ -109,22 +112,25 @@ class QueryService:
         self.conversations, self.catalog = conversations, catalog
 
     # --- POST /v1/query ------------------------------------------------------------------
-    def query(self, request: QueryRequest, owner: str = "") -> QueryResponse:
+    # `collections` is what the caller may read (`Filters.collections`; () only for full access).
+    def query(self, request: QueryRequest, owner: str = "", collections: tuple[str, ...] = ()) -> QueryResponse:
+        filters = self._filters(request, collections)  # a bad filter fails before any work
         history, replace_seq = self._history(request, owner)
         if request.retrieve_only:
-            return self._retrieve(request, history)
+            return self._retrieve(request, history, filters)
         mode = self._mode(request)
-        *_, answer = self._start(request.question, request, mode, history)
+        *_, answer = self._start(request.question, request, mode, history, filters)
         assert isinstance(answer, Answer)  # the stream's last item
         self._observe(answer, mode)
         self._remember(request, answer, owner, replace_seq)
         return QueryResponse.of(answer, request.conversation_id)
 
-    def query_events(self, request: QueryRequest, owner: str = "") -> Iterator[str]:
+    def query_events(self, request: QueryRequest, owner: str = "", collections: tuple[str, ...] = ()) -> Iterator[str]:
         """The SSE stream: token…, done; started (see the module docstring) before returning."""
         mode = self._mode(request)
+        filters = self._filters(request, collections)
         history, replace_seq = self._history(request, owner)
-        items = self._start(request.question, request, mode, history)
+        items = self._start(request.question, request, mode, history, filters)
 
         def events() -> Iterator[str]:
             try:
@@ -148,11 +154,12 @@ class QueryService:
         return events()
 
     # --- POST /v1/chat/completions -------------------------------------------------------
-    def chat(self, request: ChatCompletionRequest) -> ChatCompletion:
+    def chat(self, request: ChatCompletionRequest, collections: tuple[str, ...] = ()) -> ChatCompletion:
         self.probe.require()
-        answer = self.rag.ask(request.question(), history=self._chat_history(request))
+        filters = self._filters(None, collections)
+        answer = self.rag.ask(request.question(), filters=filters, history=self._chat_history(request, collections))
         self._observe(answer, self.default_mode)
-        citations = [CitationOut.of(c) for c in answer.citations]
+        citations = citations_of(answer)
         full = answer.text + sources_block(citations)
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
         content = budget.take(full).rstrip() if budget.limit is not None else full
@@ -173,12 +180,14 @@ class QueryService:
             rewritten_question=answer.rewritten_question,
         )
 
-    def chat_chunks(self, request: ChatCompletionRequest) -> Iterator[str]:
+    def chat_chunks(self, request: ChatCompletionRequest, collections: tuple[str, ...] = ()) -> Iterator[str]:
         """OpenAI's streaming format: a role delta, content deltas (the answer as it is
         written, then its source list), a final chunk with finish_reason and the citations,
         and ``data: [DONE]``."""
         mode = self.default_mode
-        items = self._start(request.question(), None, mode, self._chat_history(request))
+        items = self._start(
+            request.question(), None, mode, self._chat_history(request, collections), self._filters(None, collections)
+        )
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
 
@@ -201,7 +210,7 @@ class QueryService:
                 for item in items:
                     if isinstance(item, Answer):
                         self._observe(item, mode)
-                        citations = [CitationOut.of(c) for c in item.citations]
+                        citations = citations_of(item)
                         item = sources_block(citations)
                     text = budget.take(item)
                     if text:
@@ -219,7 +228,12 @@ class QueryService:
 
     # --- helpers -------------------------------------------------------------------------
     def _start(
-        self, question: str, request: QueryRequest | None, mode: RetrievalMode, history: list[Turn]
+        self,
+        question: str,
+        request: QueryRequest | None,
+        mode: RetrievalMode,
+        history: list[Turn],
+        filters: Filters | None,
     ) -> Iterable[str | Answer]:
         """RagPipeline.stream, advanced to its first item so that its early failures raise here."""
         self.probe.require()
@@ -227,7 +241,7 @@ class QueryService:
             question,
             request.top_k if request else None,
             mode,
-            self._filters(request),
+            filters,
             history=history,
             min_relevance=request.min_relevance if request else None,
             multi_query=request.multi_query if request else False,
@@ -235,7 +249,7 @@ class QueryService:
         first = next(items)
         return itertools.chain([first], items)
 
-    def _retrieve(self, request: QueryRequest, history: list[Turn]) -> QueryResponse:
+    def _retrieve(self, request: QueryRequest, history: list[Turn], filters: Filters | None) -> QueryResponse:
         self.probe.require()
         mode = self._mode(request)
         started = time.perf_counter()
@@ -243,7 +257,7 @@ class QueryService:
             request.question,
             request.top_k,
             mode,
-            self._filters(request),
+            filters,
             history=history,
             min_relevance=request.min_relevance,
             multi_query=request.multi_query,
@@ -285,16 +299,18 @@ class QueryService:
                 request.conversation_id, answer.turn(), answer.citations, answer.abstained, owner, replace_seq
             )
 
-    def _chat_history(self, request: ChatCompletionRequest) -> list[Turn]:
+    def _chat_history(self, request: ChatCompletionRequest, collections: tuple[str, ...]) -> list[Turn]:
         """The earlier messages as turns. A ragtune answer ends in its source list; those
         sources' titles (from the catalog) tell a follow-up what the last answer was about.
         Earlier follow-ups are made standalone again by the rules (no LLM call per turn), so
-        a chain of follow-ups ("And in 2023?", "And in 2024?") reads the first question's subject."""
+        a chain of follow-ups ("And in 2023?", "And in 2024?") reads the first question's subject.
+        Titles come only from `collections` (the caller's): a source line a client wrote never
+        reveals another collection's title."""
         exchanges = []
         for question, answer in request.exchanges()[-HISTORY_TURNS:]:
             text, _, source_list = answer.partition("\n\nSources:\n")
             exchanges.append((question, text, _SOURCE_LINE.findall(source_list)))
-        title_of = self.catalog.titles(s for _, _, sources in exchanges for s in sources)
+        title_of = self.catalog.titles((s for _, _, sources in exchanges for s in sources), collections)
         turns: list[Turn] = []
         rules = RuleCondenser()
         for question, text, sources in exchanges:
@@ -313,5 +329,11 @@ class QueryService:
         return (request.mode if request else None) or self.default_mode
 
     @staticmethod
-    def _filters(request: QueryRequest | None) -> Filters | None:
-        return request.filters.to_filters() if request and request.filters else None
+    def _filters(request: QueryRequest | None, collections: tuple[str, ...]) -> Filters | None:
+        """The request's filters within `collections`; 422 `invalid_filter` for a bad metadata filter."""
+        if request and request.filters:
+            try:
+                return request.filters.to_filters(collections)
+            except MetadataError as exc:
+                raise ApiError(422, "invalid_filter", str(exc)) from None
+        return Filters(collections=collections) if collections else None

@@ -1,9 +1,9 @@
 """The request and response models of the HTTP API (they are the OpenAPI schema at /docs).
 
 ragtune's own request models reject unknown fields, so a misspelt option (``topk``) is a 422
-naming it instead of being silently ignored. The OpenAI-compatible models accept and ignore
-unknown fields instead: chat clients send options (``temperature``, ``seed``, …) that an
-extractive answerer has no use for, and must not fail on them.
+naming it instead of being silently ignored. The OpenAI-compatible models
+(`ragtune.api.openai_schemas`) accept and ignore unknown fields instead; the collection routes'
+own models are in `ragtune.api.collection_schemas`.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ragtune.config import RetrievalMode
 from ragtune.store.catalog import DocumentRecord
 from ragtune.store.jobs import Job, JobFile
-from ragtune.types import Answer, Citation, Filters, Hit
+from ragtune.types import Answer, Citation, Filters, Hit, MetaValue, metadata_conditions
 
 
 def as_utc(value: datetime) -> datetime:
@@ -57,6 +57,8 @@ class ReadinessResponse(BaseModel):
 class DocumentOut(BaseModel):
     id: str
     source: str
+    collection: str
+    metadata: dict[str, MetaValue]
     title: str
     status: Literal["pending", "indexed", "failed"]
     error: str
@@ -68,10 +70,12 @@ class DocumentOut(BaseModel):
     updated_at: datetime
 
     @classmethod
-    def of(cls, record: DocumentRecord) -> DocumentOut:
+    def of(cls, record: DocumentRecord, default_collection: str = "") -> DocumentOut:
         return cls(
             id=record.id,
             source=record.source,
+            collection=record.collection or default_collection,
+            metadata=dict(record.metadata),
             title=record.title,
             status=record.status,
             error=record.error,
@@ -114,6 +118,7 @@ class RejectedFile(BaseModel):
 
 class UploadAccepted(BaseModel):
     job_id: str
+    collection: str = Field(description="The collection the documents are added to.")
     status_url: str
     documents: list[UploadedDocument] = Field(description="The files queued for indexing.")
     rejected: list[RejectedFile] = Field(
@@ -204,9 +209,21 @@ class QueryFilters(StrictModel):
     sources: list[str] = Field(default_factory=list, max_length=100, description="Only these document sources.")
     tags: list[str] = Field(default_factory=list, max_length=32, description="Only documents with any of these tags.")
     document_ids: list[str] = Field(default_factory=list, max_length=100)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=32,
+        description='Custom metadata: {"team": "finance"}, {"team": ["a", "b"]} (any of), {"year": {"gte": 2023}}.',
+    )
 
-    def to_filters(self) -> Filters:
-        return Filters(sources=tuple(self.sources), tags=tuple(self.tags), doc_ids=tuple(self.document_ids))
+    def to_filters(self, collections: tuple[str, ...] = ()) -> Filters:
+        """Raises MetadataError for a metadata filter that breaks the rules."""
+        return Filters(
+            sources=tuple(self.sources),
+            tags=tuple(self.tags),
+            doc_ids=tuple(self.document_ids),
+            metadata=metadata_conditions(self.metadata),
+            collections=collections,
+        )
 
 
 class QueryRequest(StrictModel):
@@ -216,6 +233,7 @@ class QueryRequest(StrictModel):
     top_k: int | None = Field(None, ge=1, le=100, description="Chunks to retrieve; default RAGTUNE_TOP_K.")
     mode: RetrievalMode | None = Field(None, description="Default RAGTUNE_RETRIEVAL_MODE.")
     filters: QueryFilters | None = None
+    collection: str | None = Field(None, max_length=255, description="Search this collection only; default: all yours.")
     stream: bool = Field(False, description="Answer as Server-Sent Events: token…, then done (this response).")
     retrieve_only: bool = Field(False, description="Return the retrieved chunks without writing an answer.")
     conversation_id: str | None = Field(
@@ -280,10 +298,12 @@ class RetrievedChunk(BaseModel):
     text: str
     score: float
     scores: dict[str, float] = Field(description="Per retrieval mode, before fusion.")
+    collection: str = ""
 
     @classmethod
     def of(cls, h: Hit) -> RetrievedChunk:
         return cls(
+            collection=h.collection,
             chunk_id=h.id,
             document_id=h.doc_id,
             source=h.source,
@@ -318,7 +338,7 @@ class QueryResponse(BaseModel):
             rewritten_question=answer.rewritten_question,
             answer=answer.text,
             abstained=answer.abstained,
-            citations=[CitationOut.of(c) for c in answer.citations],
+            citations=citations_of(answer),
             retrieved=[RetrievedChunk.of(h) for h in answer.hits],
             timings_ms=answer.timings_ms,
             conversation_id=conversation_id,
@@ -326,116 +346,8 @@ class QueryResponse(BaseModel):
         )
 
 
-# --- OpenAI Chat Completions -----------------------------------------------------------------
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    role: Literal["system", "user", "assistant", "tool", "developer"]
-    content: str | list[dict[str, Any]] | None = None
-
-    def text(self) -> str:
-        """The text of the message; content parts other than text (images) are skipped."""
-        if self.content is None:
-            return ""
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
-
-
-class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = Field(examples=["ragtune"])
-    messages: list[ChatMessage] = Field(min_length=1, max_length=200)
-    stream: bool = False
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    n: int = Field(1, ge=1, le=1, description="One choice only.")
-
-    @field_validator("messages")
-    @classmethod
-    def _has_user_message(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
-        if not any(m.role == "user" and m.text().strip() for m in messages):
-            raise ValueError("needs at least one non-empty message with role 'user' (the question)")
-        return messages
-
-    def question(self) -> str:
-        """The last user message: the question answered from the documents."""
-        return next(m.text() for m in reversed(self.messages) if m.role == "user" and m.text().strip())
-
-    def exchanges(self) -> list[tuple[str, str]]:
-        """The (question, answer) pairs before the last user message, oldest first: its conversation."""
-        last = max(i for i, m in enumerate(self.messages) if m.role == "user" and m.text().strip())
-        pairs: list[tuple[str, str]] = []
-        for message in self.messages[:last]:
-            text = message.text().strip()
-            if message.role == "user" and text:
-                pairs.append((text, ""))
-            elif message.role == "assistant" and pairs and not pairs[-1][1]:
-                pairs[-1] = (pairs[-1][0], text)
-        return pairs
-
-
-class ChatCompletionMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatCompletionChoice(BaseModel):
-    index: int = 0
-    message: ChatCompletionMessage
-    finish_reason: Literal["stop", "length"] = "stop"
-
-
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
-class ChatCompletion(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatCompletionChoice]
-    usage: Usage
-    citations: list[CitationOut] = Field(description="ragtune extension: the sources behind the [n] markers.")
-    rewritten_question: str | None = Field(
-        None, description="ragtune extension: the standalone question searched, when the last message was a follow-up."
-    )
-
-
-class ChatCompletionDelta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChatCompletionChunkChoice(BaseModel):
-    index: int = 0
-    delta: ChatCompletionDelta
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatCompletionChunkChoice]
-    citations: list[CitationOut] | None = None
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "ragtune"
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+def citations_of(answer: Answer) -> list[CitationOut]:
+    return [CitationOut.of(c) for c in answer.citations]
 
 
 # --- server-sent events of POST /v1/query with stream=true ------------------------------------

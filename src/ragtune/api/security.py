@@ -7,7 +7,8 @@ the API instead of opening it. Then every path except
 ``RAGTUNE_AUTH_EXEMPT_PATHS`` needs ``Authorization: Bearer <key>``, and each key may make
 ``RAGTUNE_RATE_LIMIT_PER_MINUTE`` requests a minute (bursts of ``RAGTUNE_RATE_LIMIT_BURST``);
 beyond that the answer is 429 with ``Retry-After``. With no keys the same limit applies per
-client address. The limit is kept per server process.
+client address. The limit is kept per server process. What a valid key may then do (its role
+and collections) is `ragtune.api.access`'s to check: the middleware only finds its scope.
 
     >>> from ragtune.api.security import RateLimiter
     >>> limiter = RateLimiter(per_minute=60, burst=2, clock=lambda: 0.0)
@@ -18,6 +19,7 @@ client address. The limit is kept per server process.
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from collections.abc import Callable
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ragtune.api.access import STATE_KEY, KeyScope
 from ragtune.api.errors import ApiError, error_response
 from ragtune.store.keys import KeyStore, hash_key
 
@@ -32,13 +35,14 @@ KEY_REFRESH_SECONDS = 2.0
 
 
 class Authenticator:
-    """Which bearer tokens are valid: the configured keys and the active stored ones."""
+    """Which bearer tokens are valid, and each one's scope: the configured keys (admin on
+    every collection) and the active stored ones (their role and collections)."""
 
     def __init__(self, configured: list[str], keys: KeyStore, refresh_seconds: float = KEY_REFRESH_SECONDS) -> None:
         self._configured = {hash_key(k) for k in configured}
-        self._keys = keys
+        self.keys = keys
         self._refresh_seconds = refresh_seconds
-        self._stored: set[str] = set()
+        self._stored: dict[str, KeyScope] = {}
         self._any_stored = False
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
@@ -48,7 +52,11 @@ class Authenticator:
 
     def refresh(self) -> None:
         """Reads the active stored keys (a database query: call it off the event loop)."""
-        stored, any_stored = self._keys.active_hashes(), self._keys.exist()
+        stored = {
+            digest: KeyScope(digest, role, frozenset(collections) if collections else None)
+            for digest, (role, collections) in self.keys.scopes().items()
+        }
+        any_stored = self.keys.exist()
         with self._lock:
             self._stored, self._any_stored, self._loaded_at = stored, any_stored, time.monotonic()
 
@@ -56,10 +64,13 @@ class Authenticator:
     def enabled(self) -> bool:
         return bool(self._configured) or self._any_stored
 
-    def identify(self, token: str) -> str | None:
-        """The key's hash (its identity for rate limiting) when `token` is valid."""
+    def identify(self, token: str) -> KeyScope | None:
+        """The key's scope when `token` is valid; its `identity` (the key's hash) names it for
+        rate limiting and conversations."""
         digest = hash_key(token)
-        return digest if digest in self._configured or digest in self._stored else None
+        if digest in self._configured:
+            return KeyScope(digest)
+        return self._stored.get(digest)
 
 
 class RateLimiter:
@@ -113,8 +124,8 @@ class AuthMiddleware:
         if authenticator.stale():
             await anyio.to_thread.run_sync(authenticator.refresh)
         if authenticator.enabled:
-            identity = authenticator.identify(_bearer_token(scope))
-            if identity is None:
+            key = authenticator.identify(_bearer_token(scope))
+            if key is None:
                 response = error_response(
                     401,
                     "unauthorized",
@@ -124,8 +135,10 @@ class AuthMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-            scope.setdefault("state", {})["identity"] = identity  # whose conversations (ragtune.api.deps)
-            bucket, who = identity, "this API key is"
+            state = scope.setdefault("state", {})
+            state["identity"] = key.identity  # whose conversations (ragtune.api.deps)
+            state[STATE_KEY] = key  # what it may do (ragtune.api.access)
+            bucket, who = key.identity, "this API key is"
         else:
             # No keys: each client address has its own bucket (behind a proxy, the proxy's).
             address = (scope.get("client") or ("unknown",))[0]
@@ -145,6 +158,10 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def _path_pattern(path: str) -> re.Pattern[str]:
+    return re.compile("/".join("[^/]+" if part == "*" else re.escape(part) for part in path.split("/")))
+
+
 def _bearer_token(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -160,13 +177,17 @@ class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, default_limit: int, limits: dict[tuple[str, str], int]) -> None:
         self.app = app
         self.default_limit = default_limit
-        self.limits = limits  # (method, path) -> bytes
+        # (method, path) -> bytes; a "*" in a path stands for one path segment
+        self.limits = [(method, _path_pattern(path), limit) for (method, path), limit in limits.items()]
+
+    def limit_for(self, method: str, path: str) -> int:
+        return next((n for m, p, n in self.limits if m == method and p.fullmatch(path)), self.default_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limits.get((scope["method"], scope["path"]), self.default_limit)
+        limit = self.limit_for(scope["method"], scope["path"])
         message = (
             f"the request body is over the limit of {limit} bytes for {scope['method']} {scope['path']} "
             "(RAGTUNE_MAX_BODY_BYTES for JSON; RAGTUNE_MAX_UPLOAD_BYTES x RAGTUNE_MAX_FILES_PER_REQUEST for uploads)"

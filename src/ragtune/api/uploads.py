@@ -43,10 +43,13 @@ class CheckedUpload:
     content_type: str
 
 
-def check_upload(data: bytes, filename: str, settings: Settings, size: int | None = None) -> CheckedUpload:
+def check_upload(
+    data: bytes, filename: str, settings: Settings, size: int | None = None, collection: str = ""
+) -> CheckedUpload:
     """Raises ApiError (413, 415 or 422, naming the file and the fix) for a file that
-    cannot be indexed; returns it ready to queue otherwise. `size` is the file's whole size
-    when known: `data` may be only its first limit + 1 bytes."""
+    cannot be indexed; returns it ready to queue otherwise, as a document of `collection`
+    (default: the default one). `size` is the file's whole size when known: `data` may be
+    only its first limit + 1 bytes."""
     name = safe_filename(filename)
     limit = settings.service.max_upload_bytes
     if len(data) > limit or (size is not None and size > limit):
@@ -67,4 +70,5 @@ def check_upload(data: bytes, filename: str, settings: Settings, size: int | Non
         message = f"{exc}. Supported: {supported_names()}" if exc.code == "unsupported_type" else str(exc)
         raise ApiError(_STATUS.get(exc.code, 422), exc.code, message) from None
     source = UPLOAD_PREFIX + name
-    return CheckedUpload(NewFile(filename=name, source=source, doc_id=document_id(source), data=data), fmt.content_type)
+    doc_id = document_id(source, collection, settings.store.collection)
+    return CheckedUpload(NewFile(filename=name, source=source, doc_id=doc_id, data=data), fmt.content_type)

@@ -9,7 +9,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ragtune.cli.common import MODES_HELP, UsageError, app, check_mode, load_settings, open_system, print_json
+from ragtune.cli.common import (
+    COLLECTION_HELP,
+    MODES_HELP,
+    WHERE_HELP,
+    UsageError,
+    app,
+    check_mode,
+    load_settings,
+    open_system,
+    print_json,
+    search_filters,
+)
 
 _CONVERSATION_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _QUIT = {"/quit", "/exit", "/q"}
@@ -67,6 +78,8 @@ def ask(
     mode: Annotated[str | None, typer.Option(help=MODES_HELP)] = None,
     source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
+    collection: Annotated[list[str] | None, typer.Option(help=COLLECTION_HELP)] = None,
+    where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
     conversation: Annotated[
         str | None,
         typer.Option(help="Ask as a follow-up in this stored conversation (created on first use) and add to it."),
@@ -81,7 +94,7 @@ def ask(
 ) -> None:
     """Answer a question from the indexed documents, with numbered citations."""
     from ragtune.pipeline import MultiQueryUnavailableError
-    from ragtune.types import Filters, QuestionError, check_question
+    from ragtune.types import QuestionError, check_question
 
     settings = load_settings()
     try:
@@ -90,7 +103,7 @@ def ask(
         raise UsageError(str(exc)) from None
     check_mode(mode)
     _check_conversation_id(conversation)
-    filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
+    filters = search_filters(source, tag, collection, where)
     from ragtune.store.conversations import Conversations
 
     with open_system(settings, generator=True) as system:
@@ -119,7 +132,8 @@ def ask(
                 "abstained": answer.abstained,
                 "citations": [asdict(c) for c in answer.citations],
                 "retrieved": [
-                    {"chunk_id": h.id, "source": h.source, "page": h.page, "score": h.score} for h in answer.hits
+                    {"chunk_id": h.id, "collection": h.collection, "source": h.source, "page": h.page, "score": h.score}
+                    for h in answer.hits
                 ],
                 "timings_ms": answer.timings_ms,
                 "conversation_id": conversation,
@@ -139,16 +153,18 @@ def chat(
     mode: Annotated[str | None, typer.Option(help=MODES_HELP)] = None,
     source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable).")] = None,
     tag: Annotated[list[str] | None, typer.Option(help="Only documents with any of these tags.")] = None,
+    collection: Annotated[list[str] | None, typer.Option(help=COLLECTION_HELP)] = None,
+    where: Annotated[list[str] | None, typer.Option(help=WHERE_HELP)] = None,
 ) -> None:
     """Ask questions one after another; follow-ups ("When was it founded?") are read with the ones before.
 
     One question per line; /new starts a new conversation, /quit (or Ctrl+D) ends."""
     from ragtune.store.conversations import Conversations
-    from ragtune.types import Filters, QuestionError, Turn
+    from ragtune.types import QuestionError, Turn
 
     check_mode(mode)
     _check_conversation_id(conversation)
-    filters = Filters(sources=tuple(source or ()), tags=tuple(tag or ()))
+    filters = search_filters(source, tag, collection, where)
     interactive = sys.stdin.isatty()
     with open_system(load_settings(), generator=True) as system:
         assert system.rag is not None

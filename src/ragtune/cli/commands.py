@@ -16,6 +16,19 @@ from ragtune.cli.common import UsageError, app, keys_app, load_settings, open_sy
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to index.")],
     tag: Annotated[list[str] | None, typer.Option("--tag", "-t", help="Tag the documents (repeatable).")] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--meta",
+            "-m",
+            help="Metadata key=value for every document (repeatable; numbers and true/false are typed); "
+            "it overrides a Markdown file's front matter.",
+        ),
+    ] = None,
+    collection: Annotated[
+        str | None,
+        typer.Option(help="The collection to index into (created on first use); default RAGTUNE_COLLECTION."),
+    ] = None,
     shard: Annotated[str | None, typer.Option(help="Index only shard i of N (i/N), for parallel jobs.")] = None,
     prune: Annotated[bool, typer.Option(help="Remove documents whose files left an ingested folder.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
@@ -32,18 +45,19 @@ def ingest(
     FIFOs, sockets and devices are never read; they are reported as failed.
     """
     from ragtune.ingest.indexer import parse_shard
-    from ragtune.types import TagError, check_tags
+    from ragtune.types import Labels, check_collection, check_metadata, check_tags, parse_meta_pair
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise UsageError(f"no such file or directory: {', '.join(missing)}")
     try:
         shard_spec = parse_shard(shard) if shard else None
-        tags = check_tags(tag or ())
-    except (ValueError, TagError) as exc:
+        metadata = check_metadata(dict(parse_meta_pair(pair) for pair in meta or ()))
+        labels = Labels(check_collection(collection) if collection else "", check_tags(tag or ()), metadata)
+    except ValueError as exc:  # TagError and MetadataError are ValueErrors
         raise UsageError(str(exc)) from None
     with open_system(load_settings()) as system:
-        report = system.ingestor.ingest_paths(paths, tags, shard_spec, prune, follow_links=follow_links)
+        report = system.ingestor.ingest_paths(paths, labels, shard_spec, prune, follow_links=follow_links)
         counts = system.catalog.counts()
     if as_json:
         print_json(asdict(report) | {"catalog": counts})
@@ -67,11 +81,35 @@ def reindex() -> None:
     typer.echo(f"re-embedded {chunks} chunks with {embedder}; {system.store.collection!r} now uses it")
 
 
+@app.command("upgrade-store")
+def upgrade_store() -> None:
+    """Bring a Milvus server's collection from before collections and metadata up to date
+    (Milvus Lite data is upgraded on its own). Stop every other ragtune process using it first."""
+    from ragtune.embed import build_embedder
+    from ragtune.system import open_store
+
+    settings = load_settings()
+    embedder = build_embedder(settings.embedding, settings.resolved_embedder_cache())
+    store = open_store(settings, embedder.dimension, upgrade_server=True)
+    rows = store.count()
+    store.close()
+    typer.echo(f"{settings.store.collection!r} is up to date ({rows} chunks)")
+
+
 @app.command()
-def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")]) -> None:
+def delete(
+    sources: Annotated[list[str], typer.Argument(help="Document sources (paths) or ids.")],
+    collection: Annotated[
+        str | None, typer.Option(help="The collection of the sources named; default RAGTUNE_COLLECTION.")
+    ] = None,
+) -> None:
     """Remove documents and their chunks from the index."""
     with open_system(load_settings()) as system:
-        unknown = [s for s in sources if not system.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s)]
+        unknown = [
+            s
+            for s in sources
+            if not system.ingestor.delete(str(Path(s).resolve()) if Path(s).exists() else s, collection or "")
+        ]
     for source in unknown:
         typer.echo(f"not in the index: {source}", err=True)
     typer.echo(f"deleted {len(sources) - len(unknown)} document(s)")
@@ -82,6 +120,7 @@ def delete(sources: Annotated[list[str], typer.Argument(help="Document sources (
 @app.command()
 def documents(
     status: Annotated[str | None, typer.Option(help="Only this status: pending, indexed or failed.")] = None,
+    collection: Annotated[list[str] | None, typer.Option(help="Only these collections (repeatable).")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
     offset: Annotated[int, typer.Option(min=0)] = 0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -93,12 +132,12 @@ def documents(
     if status not in (None, PENDING, INDEXED, FAILED):
         raise UsageError(f"--status must be pending, indexed or failed; got {status!r}")
     catalog = open_catalog(load_settings())
-    rows, total = catalog.list(offset, limit, status)
+    rows, total = catalog.list(offset, limit, status, tuple(collection or ()))
     if as_json:
         print_json({"total": total, "documents": [asdict(r) for r in rows]})
         return
     for r in rows:
-        line = f"{r.status:8} {r.chunks:5} chunks  {r.source}"
+        line = f"{r.status:8} {r.chunks:5} chunks  {r.collection}: {r.source}"
         typer.echo(line + (f"\n         error: {r.error}" if r.error else ""))
     typer.echo(f"{len(rows)} of {total} document(s)")
 
@@ -171,28 +210,53 @@ def worker(
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="What the key is for (e.g. ci, grafana).")] = "",
+    role: Annotated[
+        str, typer.Option(help="reader (ask, list), writer (also upload, delete) or admin (also manage keys).")
+    ] = "admin",
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated collections the key may use (default: every collection).")
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Make a key; it is printed once and only its hash is stored."""
-    created = _key_store().create(name)
+    from ragtune.store.keys import check_collections, check_role
+
+    try:
+        check_role(role)
+        names = check_collections(collections.split(","))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    created = _key_store().create(name, role, names)
     if as_json:
-        print_json({"id": created.key.id, "name": created.key.name, "key": created.secret})
+        print_json(
+            {
+                "id": created.key.id,
+                "name": created.key.name,
+                "role": created.key.role,
+                "collections": list(created.key.collections),
+                "key": created.secret,
+            }
+        )
         return
     typer.echo(created.secret)
-    typer.echo(f"key {created.key.id} ({name or 'unnamed'}): store it now, it cannot be shown again", err=True)
+    scope = f"{role} on {', '.join(names) if names else 'every collection'}"
+    typer.echo(f"key {created.key.id} ({name or 'unnamed'}, {scope}): store it now, it cannot be shown again", err=True)
 
 
 @keys_app.command("list")
 def keys_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List keys (id, name, first characters, created, revoked); never the keys themselves."""
+    """List keys (id, name, first characters, role, collections, created, revoked); never the keys themselves."""
     keys = _key_store().list()
     if as_json:
         print_json([asdict(k) for k in keys])
         return
     for k in keys:
         revoked = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
-        typer.echo(f"{k.id}  {k.hint:10}  {k.created_at:%Y-%m-%d %H:%M}  {revoked:24}  {k.name}")
-    typer.echo(f"{len(keys)} key(s)")
+        collections = ",".join(k.collections) or "*"
+        typer.echo(
+            f"{k.id}  {k.hint:10}  {k.created_at:%Y-%m-%d %H:%M}  {revoked:24}  {k.role:6}  {collections:20}  {k.name}"
+        )
+    typer.echo(f"{len(keys)} key(s); collections * = every collection")
 
 
 @keys_app.command("revoke")

@@ -71,6 +71,27 @@ def check_mode(mode: str | None) -> None:
         raise UsageError(f"--mode must be one of {', '.join(RETRIEVAL_MODES)}; got {mode!r}")
 
 
+WHERE_HELP = (
+    "Only documents whose metadata matches: key=value, key!=value, key>=n (also >, <=, <) or key=a|b "
+    "(any of); repeatable, all must hold."
+)
+COLLECTION_HELP = "Only these collections (repeatable); default: every collection."
+
+
+def search_filters(
+    sources: list[str] | None, tags: list[str] | None, collections: list[str] | None, where: list[str] | None
+):  # -> Filters
+    """The search filters of `ask` and `chat`; UsageError for a bad collection name or --where."""
+    from ragtune.types import Filters, MetadataError, check_collection, metadata_conditions, parse_where
+
+    try:
+        conditions = tuple(c for clause in where or () for c in metadata_conditions(parse_where(clause)))
+        names = tuple(check_collection(name) for name in collections or ())
+    except MetadataError as exc:
+        raise UsageError(str(exc)) from None
+    return Filters(sources=tuple(sources or ()), tags=tuple(tags or ()), metadata=conditions, collections=names)
+
+
 def print_json(payload: Any) -> None:
     typer.echo(json.dumps(payload, indent=2, default=str, ensure_ascii=False))
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ragtune.types import Chunk, LoadedDocument
+from ragtune.types import Chunk, Labels, LoadedDocument, merge_metadata
+
+NO_LABELS = Labels()
 
 # Each pattern matches the whitespace after which a piece may end.
 _SEPARATORS = [re.compile(r"\n\s*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:])\s+"), re.compile(r"\s+")]
@@ -79,13 +81,21 @@ def split_text(text: str, chunk_size: int, chunk_overlap: int) -> list[str]:
     return [text[s:e] for s, e in split_spans(text, chunk_size, chunk_overlap)]
 
 
-def document_id(source: str) -> str:
-    """A stable id for a source; the same file keeps its id when its content changes."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:24]
+def document_id(source: str, collection: str = "", default_collection: str = "") -> str:
+    """A stable id for a source in a collection; the same file keeps its id when its content
+    changes. In the default collection ("" or `default_collection`) it is the source's alone,
+    so documents indexed before there were collections keep their ids."""
+    key = source if collection in ("", default_collection) else f"{collection}\x00{source}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
 
 
-def chunk_document(doc: LoadedDocument, chunk_size: int, chunk_overlap: int, tags: tuple[str, ...] = ()) -> list[Chunk]:
-    doc_id = document_id(doc.source)
+def chunk_document(
+    doc: LoadedDocument, chunk_size: int, chunk_overlap: int, labels: Labels = NO_LABELS, doc_id: str = ""
+) -> list[Chunk]:
+    """The document's chunks (of `doc_id`, by default the id of its source), each carrying
+    `labels`; metadata given at ingest overrides what the file says of itself (front matter)."""
+    doc_id = doc_id or document_id(doc.source)
+    metadata = merge_metadata(doc.metadata, labels.metadata)
     chunks: list[Chunk] = []
     for section in doc.sections:
         for text in split_text(section.text, chunk_size, chunk_overlap):
@@ -100,7 +110,9 @@ def chunk_document(doc: LoadedDocument, chunk_size: int, chunk_overlap: int, tag
                     title=doc.title,
                     page=section.page or 0,
                     heading=section.heading,
-                    tags=tags,
+                    tags=labels.tags,
+                    collection=labels.collection,
+                    metadata=metadata,
                 )
             )
     return chunks

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import stat
 import sys
@@ -27,12 +28,12 @@ from tqdm import tqdm
 
 from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
-from ragtune.ingest.chunking import chunk_document, document_id
+from ragtune.ingest.chunking import NO_LABELS, chunk_document, document_id
 from ragtune.ingest.formats import Limits, LoaderError, has_supported_name
 from ragtune.ingest.sandbox import shared_parser
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
-from ragtune.types import Chunk, LoadedDocument
+from ragtune.types import Chunk, Labels, LoadedDocument, check_collection, merge_metadata
 
 # Chunks embedded between two progress reports when a caller follows progress (the job worker):
 # over the API's question-batching size, so each slice still goes to the model directly.
@@ -187,16 +188,35 @@ def _same(doc: LoadedDocument) -> LoadedDocument:
     return doc
 
 
+def content_hash(data: bytes, labels: Labels) -> str:
+    """What decides that a document is unchanged: its bytes and, when given, its tags and
+    metadata (so re-ingesting with new metadata updates it). Bytes alone otherwise, as before
+    there was metadata, so an upgrade re-indexes nothing."""
+    if labels.tags or labels.metadata:
+        data += b"\x00" + json.dumps([labels.tags, labels.metadata], sort_keys=True).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
 class Ingestor:
-    """Indexes files into the store and records every document in the catalog."""
+    """Indexes files into the store and records every document in the catalog. Documents go
+    to the collection their labels name, or to the default one (the store's, RAGTUNE_COLLECTION)."""
 
     def __init__(self, settings: IngestSettings, embedder: Embedder, store: VectorStore, catalog: Catalog) -> None:
         self.settings, self.embedder, self.store, self.catalog = settings, embedder, store, catalog
+        self.default_collection = store.collection
+
+    def filed(self, labels: Labels) -> Labels:
+        """`labels` with their collection named: the default one when they name none."""
+        collection = check_collection(labels.collection or self.default_collection)
+        return Labels(collection, labels.tags, labels.metadata)
+
+    def document_id(self, source: str, collection: str) -> str:
+        return document_id(source, collection, self.default_collection)
 
     def ingest_paths(
         self,
         paths: list[Path],
-        tags: tuple[str, ...] = (),
+        labels: Labels = NO_LABELS,
         shard: tuple[int, int] | None = None,
         prune: bool = True,
         progress: bool | None = None,
@@ -206,6 +226,7 @@ class Ingestor:
         if missing:
             raise FileNotFoundError(f"no such file or directory: {', '.join(missing)}")
         roots = [p.resolve() for p in paths]
+        labels = self.filed(labels)
         report = IngestReport()
         files = list(discover(roots, shard, follow_links, skipped=report.failed, passed_over=report.passed_over))
         bar = tqdm(
@@ -220,32 +241,33 @@ class Ingestor:
             bar.update(1)
             bar.set_postfix(chunks=report.chunks, failed=len(report.failed), refresh=False)
 
-        self._index(((str(path), path.read_bytes) for path in files), tags, report, on_done)
+        self._index(((str(path), path.read_bytes) for path in files), labels, report, on_done)
         bar.close()
         if prune:
             seen = {str(path) for path in files}
             for root in roots:
                 if root.is_dir():
-                    self._prune(root, shard, seen, report)
+                    self._prune(root, shard, seen, labels.collection, report)
         return report
 
     def ingest_bytes(
-        self, data: bytes, source: str, tags: tuple[str, ...] = (), on_progress: Progress | None = None
+        self, data: bytes, source: str, labels: Labels = NO_LABELS, on_progress: Progress | None = None
     ) -> IngestReport:
         """Index one in-memory file (an upload) under the name `source`; `on_progress(embedded,
         total)` is called as its chunks are embedded (first with 0, then every few batches)."""
         report = IngestReport()
-        self._index([(source, lambda: data)], tags, report, on_progress=on_progress)
+        self._index([(source, lambda: data)], self.filed(labels), report, on_progress=on_progress)
         return report
 
-    def ingest_documents(self, docs: Iterable[LoadedDocument], tags: tuple[str, ...] = ()) -> IngestReport:
+    def ingest_documents(self, docs: Iterable[LoadedDocument], labels: Labels = NO_LABELS) -> IngestReport:
         """Index already-parsed documents (dataset records), batched like files."""
         report = IngestReport()
-        self._index(((doc.source, functools.partial(_same, doc)) for doc in docs), tags, report)
+        self._index(((doc.source, functools.partial(_same, doc)) for doc in docs), self.filed(labels), report)
         return report
 
-    def delete(self, source_or_id: str) -> bool:
-        record = self.catalog.find(source_or_id)
+    def delete(self, source_or_id: str, collection: str = "") -> bool:
+        """Deletes a document by id, or by source in `collection` (default: the default one)."""
+        record = self.catalog.find(source_or_id, collection or self.default_collection)
         if record is None:
             return False
         self.store.delete_documents([record.id])
@@ -256,7 +278,7 @@ class Ingestor:
     def _index(
         self,
         items: Iterable[tuple[str, Callable[[], bytes | LoadedDocument]]],
-        tags: tuple[str, ...],
+        labels: Labels,
         report: IngestReport,
         on_done: Callable[[], None] = lambda: None,
         on_progress: Progress | None = None,
@@ -264,7 +286,7 @@ class Ingestor:
         known = self.catalog.states()
         batch: list[_Prepared] = []
         for source, read in items:
-            prepared = self._prepare(source, read, known, tags, report)
+            prepared = self._prepare(source, read, known, labels, report)
             if prepared is not None:
                 batch.append(prepared)
                 if sum(len(p.chunks) for p in batch) >= self.settings.batch_chunks:
@@ -278,10 +300,10 @@ class Ingestor:
         source: str,
         read: Callable[[], bytes | LoadedDocument],
         known: dict[str, tuple[str, str]],
-        tags: tuple[str, ...],
+        labels: Labels,
         report: IngestReport,
     ) -> _Prepared | None:
-        doc_id = document_id(source)
+        doc_id = self.document_id(source, labels.collection)
         size = 0
         try:
             payload = read()
@@ -292,24 +314,32 @@ class Ingestor:
                 raise LoaderError(
                     f"{Path(source).name} is {size} bytes, over the limit of {self.settings.max_file_bytes} (RAGTUNE_MAX_FILE_BYTES)"
                 )
-            content_hash = hashlib.sha256(data).hexdigest()
-            if known.get(doc_id) == (content_hash, INDEXED):
+            digest = content_hash(data, labels)
+            if known.get(doc_id) == (digest, INDEXED):
                 report.unchanged.append(source)
                 return None
             if parsed is not None:  # already text: nothing to bound
                 doc = parsed
-                chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, tags)
+                chunks = chunk_document(doc, self.settings.chunk_size, self.settings.chunk_overlap, labels, doc_id)
             else:
                 parser = shared_parser(self.settings.parse_timeout_s, self.settings.parse_max_memory_mb)
                 doc, chunks = parser.parse(
-                    data, source, Limits.of(self.settings), self.settings.chunk_size, self.settings.chunk_overlap, tags
+                    data,
+                    source,
+                    Limits.of(self.settings),
+                    self.settings.chunk_size,
+                    self.settings.chunk_overlap,
+                    labels,
+                    doc_id,
                 )
         except (LoaderError, OSError) as exc:
             message = str(exc) if isinstance(exc, LoaderError) else f"cannot read {source}: {exc.strerror or exc}"
-            self.catalog.mark_failed(doc_id, source, message, size)
+            self.catalog.mark_failed(doc_id, source, message, size, labels.collection)
             report.failed.append((source, message))
             return None
-        return _Prepared(PendingDocument(doc_id, source, content_hash, size, tags), doc, chunks)
+        metadata = merge_metadata(doc.metadata, labels.metadata)  # as its chunks carry it
+        pending = PendingDocument(doc_id, source, digest, size, labels.tags, labels.collection, metadata)
+        return _Prepared(pending, doc, chunks)
 
     def _store(self, batch: list[_Prepared], report: IngestReport, on_progress: Progress | None = None) -> None:
         if not batch:
@@ -336,9 +366,11 @@ class Ingestor:
         report.indexed.extend(p.pending.source for p in batch)
         report.chunks += len(chunks)
 
-    def _prune(self, root: Path, shard: tuple[int, int] | None, seen: set[str], report: IngestReport) -> None:
+    def _prune(
+        self, root: Path, shard: tuple[int, int] | None, seen: set[str], collection: str, report: IngestReport
+    ) -> None:
         prefix = str(root).rstrip(os.sep) + os.sep
-        for source, doc_id in self.catalog.sources_under(prefix).items():
+        for source, doc_id in self.catalog.sources_under(prefix, collection).items():
             if source in seen or Path(source).exists():
                 continue
             if shard is not None and not in_shard(Path(source).relative_to(root).as_posix(), shard):

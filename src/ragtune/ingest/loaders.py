@@ -19,16 +19,20 @@ from pathlib import Path
 from ragtune.ingest.formats import (
     FORMATS,
     HTML,
+    MARKDOWN,
     TEXT,
     Format,
     Limits,
     LoaderError,
     bom_encoding,
     chars_error,
+    decode_text,
     format_by_name,
     supported_names,
+    zip_kinds,
 )
-from ragtune.types import LoadedDocument
+from ragtune.ingest.frontmatter import split_front_matter
+from ragtune.types import LoadedDocument, MetaValue
 
 _SNIFF_BYTES = 8192
 
@@ -73,17 +77,21 @@ def _zip_format(data: bytes, name: str) -> Format:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             members = set(archive.namelist())
     except zipfile.BadZipFile as exc:
-        raise LoaderError(f"{name} is a damaged zip/DOCX archive ({exc})", "unsupported_type") from exc
+        raise LoaderError(f"{name} is a damaged zip archive ({exc})", "unsupported_type") from exc
     for fmt in FORMATS:
         if fmt.zip_member and fmt.zip_member in members:
             return fmt
-    raise LoaderError(f"{name} is a zip archive but not a Word document; unpack it first", "unsupported_type")
+    raise LoaderError(f"{name} is a zip archive but not a {zip_kinds()}; unpack it first", "unsupported_type")
 
 
 def load_bytes(data: bytes, source: str, limits: Limits | None = None) -> LoadedDocument:
     name = Path(source).name
     limits = limits or Limits()
     fmt = detect_format(data, source)
+    metadata: dict[str, MetaValue] = {}
+    if fmt is MARKDOWN:
+        text, metadata = split_front_matter(decode_text(data, name), name)
+        data = text.encode("utf-8")
     try:
         title, sections = fmt.load(data, name, limits)
     except RecursionError as exc:  # a parser recursing per nesting level: this document's problem only
@@ -96,4 +104,4 @@ def load_bytes(data: bytes, source: str, limits: Limits | None = None) -> Loaded
         raise chars_error(name, limits)
     if not sections:
         raise LoaderError(f"{name} contains no text to index", "no_text")
-    return LoadedDocument(source, fmt.content_type, title or Path(source).stem, sections)
+    return LoadedDocument(source, fmt.content_type, title or Path(source).stem, sections, metadata)

@@ -96,8 +96,20 @@ def reembed(catalog: Catalog, store: VectorStore, embedder: Embedder, progress: 
         offset += len(docs)
         for doc in docs:
             for seq, hit in enumerate(store.chunks(doc.id)):
-                pending.append(
-                    Chunk(hit.id, hit.doc_id, seq, hit.text, hit.source, hit.title, hit.page, hit.heading, hit.tags)
+                pending.append(  # every field as stored: an upsert replaces the whole row
+                    Chunk(
+                        hit.id,
+                        hit.doc_id,
+                        seq,
+                        hit.text,
+                        hit.source,
+                        hit.title,
+                        hit.page,
+                        hit.heading,
+                        hit.tags,
+                        hit.collection,
+                        hit.metadata,
+                    )
                 )
             if len(pending) >= _REEMBED_BATCH:
                 flush()

@@ -23,22 +23,22 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ragtune.ingest.chunking import chunk_document
+from ragtune.ingest.chunking import NO_LABELS, chunk_document
 from ragtune.ingest.formats import Limits, LoaderError
 from ragtune.ingest.loaders import load_bytes
-from ragtune.types import Chunk, LoadedDocument
+from ragtune.types import Chunk, Labels, LoadedDocument
 
 STARTUP_TIMEOUT_S = 120.0
 Parsed = tuple[LoadedDocument, list[Chunk]]
-# (data, source, limits, chunk_size, chunk_overlap, tags) -> (document, chunks); module-level, so picklable
-Target = Callable[[bytes, str, Limits, int, int, tuple[str, ...]], Parsed]
+# (data, source, limits, chunk_size, chunk_overlap, labels, doc_id) -> (document, chunks); module-level, so picklable
+Target = Callable[[bytes, str, Limits, int, int, Labels, str], Parsed]
 
 
 def parse_document(
-    data: bytes, source: str, limits: Limits, chunk_size: int, chunk_overlap: int, tags: tuple[str, ...]
+    data: bytes, source: str, limits: Limits, chunk_size: int, chunk_overlap: int, labels: Labels, doc_id: str
 ) -> Parsed:
     doc = load_bytes(data, source, limits)
-    return doc, chunk_document(doc, chunk_size, chunk_overlap, tags)
+    return doc, chunk_document(doc, chunk_size, chunk_overlap, labels, doc_id)
 
 
 def serve(fd: int) -> None:
@@ -50,8 +50,14 @@ def serve(fd: int) -> None:
     conn = Connection(fd)
     max_memory_mb, target = conn.recv()
 
-    import docx  # noqa: F401  (the parsers' own code is loaded before the limit: it bounds the parse)
+    # The parsers' own code is loaded before the limit: it bounds the parse.
+    import docx  # noqa: F401
+    import openpyxl  # noqa: F401
+    import pdfplumber  # noqa: F401
+    import pptx  # noqa: F401
     import pypdf  # noqa: F401
+    import pypdfium2  # noqa: F401
+    import pytesseract  # noqa: F401
 
     limit = _address_space() + max_memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -100,13 +106,14 @@ class BoundedParser:
         limits: Limits,
         chunk_size: int,
         chunk_overlap: int,
-        tags: tuple[str, ...] = (),
+        labels: Labels = NO_LABELS,
+        doc_id: str = "",
     ) -> Parsed:
         name = Path(source).name
         with self._lock:
             conn = self._child()
             try:
-                conn.send((data, source, limits, chunk_size, chunk_overlap, tags))
+                conn.send((data, source, limits, chunk_size, chunk_overlap, labels, doc_id))
                 ready = conn.poll(self.timeout_s)
                 reply: Any = conn.recv() if ready else None
             except (EOFError, OSError):  # the child died mid-document

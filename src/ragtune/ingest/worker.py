@@ -136,7 +136,7 @@ class Worker:
             def progress(embedded: int, total: int, seq: int = file.seq) -> None:
                 self.queue.record_progress(job.id, self.id, seq, embedded, total)
 
-            report = self.ingestor.ingest_bytes(data, file.source, job.tags, on_progress=progress)
+            report = self.ingestor.ingest_bytes(data, file.source, job.labels, on_progress=progress)
             if report.failed:
                 status, chunks, error = FILE_FAILED, 0, report.failed[0][1]
             elif report.unchanged:

@@ -14,16 +14,31 @@ processes (API replicas, indexing workers) share one catalog.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, event, func, select, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from ragtune.store.tables import TableBase, utc_now
+from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.types import MetaValue
 
 PENDING, INDEXED, FAILED = "pending", "indexed", "failed"
 
@@ -36,7 +51,10 @@ class DocumentRow(TableBase):
     __tablename__ = "documents"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source: Mapped[str] = mapped_column(String(4096), unique=True, index=True)
+    # A source names one document per collection; the index is made in `_upgrade_documents`
+    # too, since catalogs from before collections had a unique index on the source alone.
+    collection: Mapped[str] = mapped_column(String(255), default="", server_default=text("''"))
+    source: Mapped[str] = mapped_column(String(4096), index=True)
     content_hash: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(16), index=True, default=PENDING)
     error: Mapped[str] = mapped_column(Text, default="")
@@ -45,8 +63,11 @@ class DocumentRow(TableBase):
     title: Mapped[str] = mapped_column(String(1024), default="")
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     tags: Mapped[list] = mapped_column(JSON, default=list)
+    meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict, server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+    __table_args__ = (Index("ux_documents_collection_source", "collection", "source", unique=True),)
 
 
 class EmbedderRow(TableBase):
@@ -85,6 +106,8 @@ class DocumentRecord:
     tags: tuple[str, ...]
     created_at: datetime
     updated_at: datetime
+    collection: str = ""
+    metadata: dict[str, MetaValue] = field(default_factory=dict)
 
     @classmethod
     def of(cls, row: DocumentRow) -> DocumentRecord:
@@ -101,6 +124,8 @@ class DocumentRecord:
             tuple(row.tags or ()),
             row.created_at,
             row.updated_at,
+            row.collection,
+            dict(row.meta or {}),
         )
 
 
@@ -111,6 +136,8 @@ class PendingDocument:
     content_hash: str
     size_bytes: int = 0
     tags: tuple[str, ...] = ()
+    collection: str = ""
+    metadata: dict[str, MetaValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -132,8 +159,30 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.close()
 
 
+def _upgrade_documents(connection: Any, default_collection: str) -> None:
+    """Brings a catalog from before collections up to date: its unique index on the source
+    alone becomes unique per collection, and its documents join the default collection."""
+    table = DocumentRow.__table__
+    unique_on_source = [
+        i["name"]
+        for i in inspect(connection).get_indexes(DocumentRow.__tablename__)
+        if i["unique"] and i["column_names"] == ["source"]
+    ]
+    for name in unique_on_source:
+        connection.execute(text(f"DROP INDEX {connection.dialect.identifier_preparer.quote(name)}"))
+    for index in table.indexes:  # type: ignore[attr-defined]
+        index.create(connection, checkfirst=True)
+    if default_collection:
+        connection.execute(
+            update(DocumentRow).where(DocumentRow.collection == "").values(collection=default_collection)
+        )
+
+
 class Catalog:
-    def __init__(self, url: str) -> None:
+    """`default_collection` (RAGTUNE_COLLECTION) is the collection of documents recorded
+    before there were collections."""
+
+    def __init__(self, url: str, default_collection: str = "") -> None:
         try:
             self.engine = create_engine(url, pool_pre_ping=True)
         except Exception as exc:  # bad URL or missing driver: say which
@@ -142,14 +191,12 @@ class Catalog:
             _sqlite_pragmas(self.engine)
         try:
             with self.engine.begin() as connection:
-                if self.engine.dialect.name == "postgresql":
-                    # Workers and API replicas start together; CREATE TABLE's existence check
-                    # races between them, so schema creation takes a cluster-wide lock.
-                    connection.execute(text("SELECT pg_advisory_xact_lock(7450238)"))
-                TableBase.metadata.create_all(connection)
+                create_tables(connection)
+                _upgrade_documents(connection, default_collection)
         except Exception as exc:
             raise CatalogError(f"cannot open catalog {url!r}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.default_collection = default_collection
 
     def session(self) -> Session:
         return self._sessions()
@@ -160,21 +207,25 @@ class Catalog:
             row = s.get(DocumentRow, doc_id)
             return DocumentRecord.of(row) if row else None
 
-    def find(self, source_or_id: str) -> DocumentRecord | None:
+    def find(self, source_or_id: str, collection: str | None = None) -> DocumentRecord | None:
+        """The document with this id, or with this source in `collection` (default: the default one)."""
+        collection = self.default_collection if collection is None else collection
         with self.session() as s:
             row = s.get(DocumentRow, source_or_id) or s.scalar(
-                select(DocumentRow).where(DocumentRow.source == source_or_id)
+                select(DocumentRow).where(DocumentRow.source == source_or_id, DocumentRow.collection == collection)
             )
             return DocumentRecord.of(row) if row else None
 
-    def titles(self, sources: Iterable[str]) -> dict[str, str]:
-        """source -> title for those of `sources` in the catalog; one query for them all."""
+    def titles(self, sources: Iterable[str], collections: tuple[str, ...] = ()) -> dict[str, str]:
+        """source -> title for those of `sources` in the catalog (in `collections`, if given); one query."""
         wanted = set(sources)
         if not wanted:
             return {}
         with self.session() as s:
-            rows = s.execute(select(DocumentRow.source, DocumentRow.title).where(DocumentRow.source.in_(wanted)))
-            return dict(rows.all())
+            query = select(DocumentRow.source, DocumentRow.title).where(DocumentRow.source.in_(wanted))
+            if collections:
+                query = query.where(DocumentRow.collection.in_(collections))
+            return dict(s.execute(query).all())
 
     def states(self) -> dict[str, tuple[str, str]]:
         """doc_id -> (content_hash, status) for every document; one query for large runs."""
@@ -184,23 +235,42 @@ class Catalog:
                 for i, h, st in s.execute(select(DocumentRow.id, DocumentRow.content_hash, DocumentRow.status))
             }
 
-    def sources_under(self, prefix: str) -> dict[str, str]:
-        """source -> doc_id for every document whose source starts with `prefix`."""
+    def sources_under(self, prefix: str, collection: str) -> dict[str, str]:
+        """source -> doc_id for every document of `collection` whose source starts with `prefix`."""
         with self.session() as s:
             rows = s.execute(
-                select(DocumentRow.source, DocumentRow.id).where(DocumentRow.source.startswith(prefix, autoescape=True))
+                select(DocumentRow.source, DocumentRow.id).where(
+                    DocumentRow.source.startswith(prefix, autoescape=True), DocumentRow.collection == collection
+                )
             )
             return dict(rows.all())
 
-    def list(self, offset: int = 0, limit: int = 50, status: str | None = None) -> tuple[list[DocumentRecord], int]:
+    def list(
+        self, offset: int = 0, limit: int = 50, status: str | None = None, collections: tuple[str, ...] = ()
+    ) -> tuple[list[DocumentRecord], int]:
+        """Documents by collection and source; `collections` limits them to these (empty: all)."""
         with self.session() as s:
             query = select(DocumentRow)
             total_query = select(func.count()).select_from(DocumentRow)
             if status:
                 query = query.where(DocumentRow.status == status)
                 total_query = total_query.where(DocumentRow.status == status)
-            rows = s.scalars(query.order_by(DocumentRow.source).offset(offset).limit(limit)).all()
+            if collections:
+                query = query.where(DocumentRow.collection.in_(collections))
+                total_query = total_query.where(DocumentRow.collection.in_(collections))
+            ordered = query.order_by(DocumentRow.collection, DocumentRow.source)
+            rows = s.scalars(ordered.offset(offset).limit(limit)).all()
             return [DocumentRecord.of(r) for r in rows], int(s.scalar(total_query) or 0)
+
+    def collections(self) -> dict[str, int]:
+        """Every collection that holds a document, with its number of documents."""
+        with self.session() as s:
+            rows = s.execute(
+                select(DocumentRow.collection, func.count())
+                .group_by(DocumentRow.collection)
+                .order_by(DocumentRow.collection)
+            )
+            return {name: int(n) for name, n in rows.all()}
 
     def counts(self) -> dict[str, int]:
         with self.session() as s:
@@ -247,6 +317,7 @@ class Catalog:
                 row = s.get(DocumentRow, doc.id) or DocumentRow(id=doc.id, source=doc.source)
                 row.content_hash, row.status, row.error = doc.content_hash, PENDING, ""
                 row.size_bytes, row.tags = doc.size_bytes, list(doc.tags)
+                row.collection, row.meta = doc.collection, dict(doc.metadata)
                 s.add(row)
 
     def mark_indexed(self, docs: Iterable[IndexedDocument]) -> None:
@@ -258,12 +329,21 @@ class Catalog:
                 row.status, row.error, row.chunks = INDEXED, "", doc.chunks
                 row.content_type, row.title = doc.content_type, doc.title[:1024]
 
-    def mark_failed(self, doc_id: str, source: str, error: str, size_bytes: int = 0) -> None:
+    def mark_failed(self, doc_id: str, source: str, error: str, size_bytes: int = 0, collection: str = "") -> None:
         """Record a failure; a previously indexed version keeps its hash and chunks."""
         with self.session() as s, s.begin():
             row = s.get(DocumentRow, doc_id)
             if row is None:
-                row = DocumentRow(id=doc_id, source=source, content_hash="", chunks=0, size_bytes=size_bytes, tags=[])
+                row = DocumentRow(
+                    id=doc_id,
+                    source=source,
+                    collection=collection,
+                    content_hash="",
+                    chunks=0,
+                    size_bytes=size_bytes,
+                    tags=[],
+                    meta={},
+                )
                 s.add(row)
             elif row.status == INDEXED and row.chunks:
                 error = f"{error} (the previously indexed version is still searchable)"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -39,13 +39,17 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, utc_now
+from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.types import Labels, MetaValue
+
+NO_LABELS = Labels()
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
@@ -65,6 +69,8 @@ class JobRow(TableBase):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     state: Mapped[str] = mapped_column(String(16), index=True, default=QUEUED)
     tags: Mapped[list] = mapped_column(JSON, default=list)
+    collection: Mapped[str] = mapped_column(String(255), default="", server_default=text("''"))
+    meta: Mapped[dict] = mapped_column("metadata", JSON, default=dict, server_default=text("'{}'"))
     files_total: Mapped[int] = mapped_column(Integer, default=0)
     files_done: Mapped[int] = mapped_column(Integer, default=0)
     files_failed: Mapped[int] = mapped_column(Integer, default=0)
@@ -165,6 +171,13 @@ class Job:
     updated_at: datetime
     files: tuple[JobFile, ...]
     current: FileProgress | None = None
+    collection: str = ""
+    metadata: dict[str, MetaValue] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> Labels:
+        """What every document of the job is filed under."""
+        return Labels(self.collection, self.tags, self.metadata)
 
 
 class JobQueue:
@@ -173,23 +186,21 @@ class JobQueue:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         # The Catalog creates the tables registered when it opened; these may come later.
-        TableBase.metadata.create_all(
-            catalog.engine,
-            tables=[
-                TableBase.metadata.tables[JobRow.__tablename__],
-                TableBase.metadata.tables[JobFileRow.__tablename__],
-                TableBase.metadata.tables[JobProgressRow.__tablename__],
-                TableBase.metadata.tables[JobFileCrashRow.__tablename__],
-            ],
-        )
+        tables = [
+            TableBase.metadata.tables[t.__tablename__] for t in (JobRow, JobFileRow, JobProgressRow, JobFileCrashRow)
+        ]
+        with catalog.engine.begin() as connection:
+            create_tables(connection, tables)
 
     # --- producer ------------------------------------------------------------------------
-    def enqueue(self, files: list[NewFile], tags: tuple[str, ...] = ()) -> Job:
+    def enqueue(self, files: list[NewFile], labels: Labels = NO_LABELS) -> Job:
         if not files:
             raise ValueError("a job needs at least one file")
         job_id = uuid.uuid4().hex
         with self.catalog.session() as s, s.begin():
-            s.add(JobRow(id=job_id, state=QUEUED, tags=list(tags), files_total=len(files), available_at=0.0))
+            row = JobRow(id=job_id, state=QUEUED, files_total=len(files), available_at=0.0, tags=list(labels.tags))
+            row.collection, row.meta = labels.collection, dict(labels.metadata)
+            s.add(row)
             s.flush()  # the job row first: job_files references it
             for seq, f in enumerate(files):
                 s.add(
@@ -243,6 +254,8 @@ class JobQueue:
                 row.updated_at,
                 tuple(JobFile(*f) for f in files),
                 FileProgress(progress.seq, progress.chunks_embedded, progress.chunks_total) if progress else None,
+                row.collection,
+                dict(row.meta or {}),
             )
 
     def file_data(self, job_id: str, seq: int) -> bytes:

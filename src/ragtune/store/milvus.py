@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ragtune.store.base import StoreError, StoreLockedError, StoreUnavailableError, is_server_uri
+from ragtune.store.expressions import filter_expression, quoted_list
 from ragtune.types import MAX_TAG_CHARS, MAX_TAGS, Chunk, Filters, Hit
 
 _INSERT_BATCH = 500  # measured: 10k rows with BM25 insert in ~2.5 s at 500/batch, 125 s as one batch
@@ -33,41 +34,13 @@ _INSERT_BATCH = 500  # measured: 10k rows with BM25 insert in ~2.5 s at 500/batc
 # 50, minutes for 2,000), so large batches are cut into groups of this size.
 _SEARCH_BATCH = 16
 _MAX_TEXT = 65535
-_OUTPUT_FIELDS = ["id", "doc_id", "text", "source", "title", "page", "heading", "tags"]
+_UPGRADE_SUFFIX = "__upgrading"
+_OUTPUT_FIELDS = ["id", "doc_id", "text", "source", "title", "page", "heading", "tags", "collection", "metadata"]
 # English analysis for BM25: stop words out, stems folded, so "running" finds "runs".
 BM25_ANALYZER = {
     "tokenizer": "standard",
     "filter": ["lowercase", {"type": "stop", "stop_words": ["_english_"]}, {"type": "stemmer", "language": "english"}],
 }
-
-
-def quote(value: str) -> str:
-    r"""`value` as a Milvus string literal: backslash and double quote escaped, nothing else.
-
-    Milvus' expression parser undoes ``\\`` and ``\"`` but not JSON's ``\u00e9`` (nor ``\t``),
-    so non-ASCII text and control characters are written as themselves (checked against
-    Milvus Lite: "résumé", "café", tabs, quotes and backslashes all match; a newline is
-    rejected as an invalid expression).
-    """
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _quoted_list(values: Iterable[str]) -> str:
-    return "[" + ", ".join(quote(v) for v in values) + "]"
-
-
-def filter_expression(filters: Filters | None) -> str:
-    """Milvus' boolean expression for `filters`; values are quoted (`quote`), never spliced in raw."""
-    if filters is None:
-        return ""
-    clauses = []
-    if filters.sources:
-        clauses.append(f"source in {_quoted_list(filters.sources)}")
-    if filters.doc_ids:
-        clauses.append(f"doc_id in {_quoted_list(filters.doc_ids)}")
-    if filters.tags:
-        clauses.append(f"ARRAY_CONTAINS_ANY(tags, {_quoted_list(filters.tags)})")
-    return " and ".join(clauses)
 
 
 class _LiteLock:
@@ -99,13 +72,23 @@ class _LiteLock:
 class MilvusStore:
     """Chunks with dense and BM25 vectors in one Milvus collection."""
 
-    def __init__(self, uri: str, collection: str, dimension: int, token: str = "", timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dimension: int,
+        token: str = "",
+        timeout: float = 10.0,
+        upgrade_server: bool = False,
+    ) -> None:
+        """`upgrade_server`: upgrade an old collection on a Milvus server (`ragtune upgrade-store`)."""
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
         if dimension <= 0:
             raise ValueError(f"dimension must be greater than 0; got {dimension}")
         self.uri, self.collection, self.dimension = uri, collection, dimension
+        self._upgrade_server = upgrade_server
         # Every call, and the connection itself, carries a deadline (StoreSettings.
         # milvus_timeout_seconds): without one pymilvus retries a dead server for minutes.
         self.timeout = timeout
@@ -140,19 +123,91 @@ class MilvusStore:
 
     # --- schema ------------------------------------------------------------------------
     def _ensure_collection(self) -> None:
+        client = self._client
+        upgrade = self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
+        has = set(client.list_collections(timeout=self.timeout))
+        if self.collection in has:
+            self._check_dimension(self.collection)
+        if upgrade in has or (self.collection in has and not self._current(self.collection)):
+            if is_server_uri(self.uri) and not self._upgrade_server:
+                # Every replica and worker opens the store as it starts; copies made by two of
+                # them at once would drop each other's. On Milvus Lite the data path's lock
+                # (`_LiteLock`) already makes this process the only one.
+                raise StoreError(
+                    f"collection {self.collection!r} on {self.uri} was made before ragtune had collections and "
+                    "metadata; stop every ragtune process using it, then upgrade it once: ragtune upgrade-store"
+                )
+            self.upgrade()
+        elif self.collection not in has:
+            self._create(self.collection)
+        client.load_collection(self.collection, timeout=self.timeout)
+
+    def _check_dimension(self, name: str) -> None:
+        described = self._client.describe_collection(name, timeout=self.timeout)
+        dims = [f.get("params", {}).get("dim") for f in described["fields"] if f["name"] == "dense"]
+        if dims and int(dims[0]) != self.dimension:
+            raise StoreError(
+                f"collection {self.collection!r} holds {dims[0]}-d vectors but the embedding model "
+                f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
+            )
+
+    def _current(self, name: str) -> bool:
+        """Whether the collection has the fields of collections and metadata."""
+        described = self._client.describe_collection(name, timeout=self.timeout)
+        return "collection" in {f["name"] for f in described["fields"]}
+
+    def upgrade(self) -> None:
+        """Brings a collection from before collections and metadata to the current schema, its
+        rows joining the default collection, or finishes an upgrade that was stopped. Milvus
+        Lite 2.5 can neither add a field nor rename a collection, so the rows are copied out
+        to a second collection and back into the collection made anew (BM25 vectors are
+        rebuilt from the text). A copy's source is dropped only once the copy holds every row,
+        so a process stopped at any point leaves a complete set of rows that the next call
+        finishes from. Only one process may run it at a time (see `_ensure_collection`)."""
+        client = self._client
+        upgrade = self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
+        has = set(client.list_collections(timeout=self.timeout))
+        if self.collection in has and not self._current(self.collection):
+            if upgrade in has:  # a first copy left half-made
+                client.drop_collection(upgrade, timeout=self.timeout)
+            self._create(upgrade)
+            old_fields = [f for f in _OUTPUT_FIELDS if f not in ("collection", "metadata")]
+            self._copy(self.collection, upgrade, old_fields, {"collection": self.collection, "metadata": {}})
+            client.drop_collection(self.collection, timeout=self.timeout)
+            has.discard(self.collection)
+        elif upgrade not in has:
+            return  # nothing to upgrade
+        # the copy is complete: the collection is made anew from it (again, if a copy back was stopped)
+        if self.collection in has:
+            client.drop_collection(self.collection, timeout=self.timeout)
+        self._create(self.collection)
+        self._copy(upgrade, self.collection, _OUTPUT_FIELDS, {})
+        client.drop_collection(upgrade, timeout=self.timeout)
+
+    def _copy(self, source: str, target: str, fields: list[str], extra: dict[str, Any]) -> None:
+        client = self._client
+        client.load_collection(source, timeout=self.timeout)
+        total = int(client.query(source, filter="", output_fields=["count(*)"])[0]["count(*)"])
+        if total == 0:
+            return
+        # Stop at the count, never asking for the page after the last: pymilvus 2.5 fails to
+        # decode an empty page of a collection with an ARRAY field (see `chunks`).
+        rows = client.query_iterator(source, batch_size=_INSERT_BATCH, output_fields=[*fields, "dense"])
+        copied = 0
+        while copied < total:
+            batch = rows.next()
+            if not batch:
+                break
+            client.upsert(target, [{**r, **extra} for r in batch])  # a page read twice is written once
+            copied += len(batch)
+        rows.close()
+        if copied != total:
+            raise StoreError(f"upgrading {self.collection!r} copied {copied} of {total} rows; start again to retry")
+
+    def _create(self, name: str) -> None:
         from pymilvus import DataType, Function, FunctionType
 
         client = self._client
-        if client.has_collection(self.collection, timeout=self.timeout):
-            described = client.describe_collection(self.collection, timeout=self.timeout)
-            dims = [f.get("params", {}).get("dim") for f in described["fields"] if f["name"] == "dense"]
-            if dims and int(dims[0]) != self.dimension:
-                raise StoreError(
-                    f"collection {self.collection!r} holds {dims[0]}-d vectors but the embedding model "
-                    f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
-                )
-            client.load_collection(self.collection, timeout=self.timeout)
-            return
         schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         schema.add_field("doc_id", DataType.VARCHAR, max_length=64)
@@ -168,6 +223,11 @@ class MilvusStore:
         schema.add_field(
             "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=MAX_TAG_CHARS
         )
+        # ragtune's collections are a field, not Milvus collections: one query can search all
+        # the collections a reader holds. (A Milvus partition key would suit a server, but
+        # Milvus Lite 2.5 hangs creating one.)
+        schema.add_field("collection", DataType.VARCHAR, max_length=255)
+        schema.add_field("metadata", DataType.JSON)
         schema.add_function(
             Function(
                 name="text_bm25",
@@ -181,7 +241,7 @@ class MilvusStore:
         index.add_index("dense", index_type="AUTOINDEX" if is_server_uri(self.uri) else "FLAT", metric_type="COSINE")
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
         client.create_collection(
-            self.collection, schema=schema, index_params=index, consistency_level="Strong", timeout=self.timeout
+            name, schema=schema, index_params=index, consistency_level="Strong", timeout=self.timeout
         )
 
     # --- writes --------------------------------------------------------------------------
@@ -206,6 +266,8 @@ class MilvusStore:
                 "page": int(c.page),
                 "heading": _fit(c.heading, 1024),
                 "tags": [_fit(t, MAX_TAG_CHARS) for t in c.tags[:MAX_TAGS]],
+                "collection": c.collection or self.collection,
+                "metadata": c.metadata,
             }
             for c, v in zip(chunks, vectors)
         ]
@@ -284,7 +346,7 @@ class MilvusStore:
     def fetch(self, chunk_ids: Sequence[str]) -> list[Hit]:
         if not chunk_ids:
             return []
-        expression = f"id in {_quoted_list(chunk_ids)}"
+        expression = f"id in {quoted_list(chunk_ids)}"
         # The same empty-result decoding failure as in `chunks`: look before querying.
         found = self._call(self._client.query, self.collection, filter=expression, output_fields=["count(*)"])
         if not int(found[0]["count(*)"]):
@@ -375,4 +437,6 @@ def _hit(raw: dict[str, Any], mode: str) -> Hit:
         tags=tuple(entity.get("tags") or ()),
         score=score,
         scores={mode: score} if mode else {},
+        collection=entity.get("collection") or "",
+        metadata=dict(entity.get("metadata") or {}),
     )

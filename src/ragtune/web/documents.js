@@ -1,11 +1,18 @@
-// The Documents panel: upload (drop or pick), one card per upload following its job, the
-// document list with status and delete, and the documents and tags a question may be limited to.
+// The Documents panel: upload (drop or pick) into a collection with metadata, one card per
+// upload following its job, the document list with collection, status and delete, and the
+// documents and tags a question may be limited to.
 
 import { api, apiJson, plural } from "./api.js";
 import { $, confirmAction, setStatus } from "./ui.js";
 
 const JOB_POLL_MS = 500;
 const STATES = { queued: "Queued", running: "Indexing", done: "Done", failed: "Failed" };
+// The server's rules (ragtune.types), checked here first so a typo is said before any upload.
+const COLLECTION_NAME = /^[A-Za-z0-9_][A-Za-z0-9_-]{0,254}$/;
+const METADATA_KEY = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+const MAX_METADATA_KEYS = 32;
+const MAX_VALUE_CHARS = 256;
+let defaultCollection = "";
 
 let documents = []; // the last listing, for the question scope
 const inFlight = new Map(); // document id -> source, while its upload's job has not reached it
@@ -44,7 +51,13 @@ function documentItem(doc, pending) {
   if (pending) info.textContent = `indexing… · ${doc.source}`;
   else if (doc.status === "indexed") info.textContent = `${plural(doc.chunks, "chunk")} · ${doc.source}`;
   else info.textContent = doc.source;
+  if (doc.collection) {
+    item.dataset.collection = doc.collection;
+    info.textContent = `${doc.collection} · ${info.textContent}`;
+  }
   if (doc.tags && doc.tags.length) info.textContent += ` · tags: ${doc.tags.join(", ")}`;
+  const meta = Object.entries(doc.metadata || {});
+  if (meta.length) info.textContent += ` · ${meta.map(([k, v]) => `${k}=${v}`).join(", ")}`;
   item.append(badge(status), name);
   if (!pending) {
     const remove = document.createElement("button");
@@ -91,6 +104,90 @@ export async function refreshDocuments() {
       ? "No documents yet."
       : plural(listing.total, "document") + (shown < listing.total ? ` (first ${shown} shown)` : "");
   for (const listener of listeners) listener(documents);
+  refreshCollections();
+}
+
+// The collections this key may use, offered as the upload panel's choices.
+async function refreshCollections() {
+  let listing;
+  try {
+    listing = await apiJson("/v1/collections");
+  } catch (_) {
+    return; // the document list already says what is wrong
+  }
+  defaultCollection = listing.default;
+  $("upload-collection").placeholder = `${listing.default} (default)`;
+  const options = $("collection-options");
+  options.replaceChildren();
+  for (const collection of listing.collections) {
+    const option = document.createElement("option");
+    option.value = collection.name;
+    option.label = `${collection.name} (${plural(collection.documents, "document")})`;
+    options.append(option);
+  }
+  showUploadTarget();
+}
+
+function showUploadTarget() {
+  const name = $("upload-collection").value.trim();
+  const target = name || (defaultCollection ? `${defaultCollection} (default)` : "the default collection");
+  const hasMetadata = $("upload-metadata").value.trim() !== "";
+  $("upload-summary").textContent = `Upload into: ${target}${hasMetadata ? ", with metadata" : ""}`;
+}
+
+// The upload options as form fields, or an error message saying what to fix.
+function uploadOptions() {
+  const collection = $("upload-collection").value.trim();
+  if (collection && !COLLECTION_NAME.test(collection)) {
+    return {
+      field: "upload-collection",
+      error: `Collection "${collection.slice(0, 80)}" is not a valid name: use 1 to 255 letters, digits, "_" or "-", not starting with "-".`,
+    };
+  }
+  const raw = $("upload-metadata").value.trim();
+  if (!raw) return { collection, metadata: "" };
+  let metadata;
+  try {
+    metadata = JSON.parse(raw);
+  } catch (error) {
+    return { field: "upload-metadata", error: `Metadata is not valid JSON (${error.message}); write e.g. {"team": "finance"}.` };
+  }
+  if (metadata === null || typeof metadata !== "object" || Array.isArray(metadata)) {
+    return { field: "upload-metadata", error: 'Metadata must be a JSON object, e.g. {"team": "finance", "year": 2024}.' };
+  }
+  const entries = Object.entries(metadata);
+  if (entries.length > MAX_METADATA_KEYS) {
+    return { field: "upload-metadata", error: `At most ${MAX_METADATA_KEYS} metadata keys; there are ${entries.length}.` };
+  }
+  for (const [key, value] of entries) {
+    if (!METADATA_KEY.test(key)) {
+      return {
+        field: "upload-metadata",
+        error: `Metadata key "${key.slice(0, 80)}" is not allowed: use letters, digits or "_", not starting with a digit.`,
+      };
+    }
+    const scalar = ["string", "number", "boolean"].includes(typeof value);
+    if (!scalar || (typeof value === "string" && (value.length > MAX_VALUE_CHARS || /[\r\n]/.test(value)))) {
+      return {
+        field: "upload-metadata",
+        error: `Metadata ${key}: use a text of at most ${MAX_VALUE_CHARS} characters on one line, a number or true/false.`,
+      };
+    }
+  }
+  return { collection, metadata: JSON.stringify(metadata) };
+}
+
+function showOptionsError(options) {
+  const message = $("upload-options-error");
+  for (const id of ["upload-collection", "upload-metadata"]) {
+    $(id).setAttribute("aria-invalid", String(options.field === id));
+  }
+  message.textContent = options.error || "";
+  message.hidden = !options.error;
+  if (options.error) {
+    $("upload-options").open = true;
+    $(options.field).focus();
+  }
 }
 
 async function deleteDocument(doc, button) {
@@ -175,10 +272,15 @@ function showJob(view, job) {
 
 async function upload(files) {
   if (!files.length) return;
+  const options = uploadOptions();
+  showOptionsError(options);
+  if (options.error) return; // said beside the field, which has the focus
   const names = Array.from(files, (f) => f.name);
   const view = jobCard(names.length === 1 ? names[0] : `${names.length} files`);
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
+  if (options.collection) form.append("collection", options.collection);
+  if (options.metadata) form.append("metadata", options.metadata);
   let accepted;
   try {
     accepted = await apiJson("/v1/documents", { method: "POST", body: form });
@@ -239,4 +341,12 @@ export function setupDocuments() {
     upload(event.dataTransfer.files);
   });
   $("refresh-documents").addEventListener("click", refreshDocuments);
+  for (const id of ["upload-collection", "upload-metadata"]) {
+    $(id).addEventListener("input", () => {
+      showUploadTarget();
+      if ($("upload-options-error").hidden) return;
+      const options = uploadOptions();
+      if (!options.error) showOptionsError(options); // clears the message once it is fixed
+    });
+  }
 }

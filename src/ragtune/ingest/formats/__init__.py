@@ -4,9 +4,9 @@ defines its `Format`, plus one line in `FORMATS`.
 
     >>> from ragtune.ingest.formats import FORMATS, supported_names, accept_attribute
     >>> supported_names()
-    'txt, md, html, pdf and docx'
+    'txt, md, html, pdf, docx, pptx, xlsx, csv, png, jpeg and tiff'
     >>> accept_attribute()
-    '.txt,.text,.md,.markdown,.html,.htm,.pdf,.docx'
+    '.txt,.text,.md,.markdown,.html,.htm,.pdf,.docx,.pptx,.xlsx,.csv,.png,.jpg,.jpeg,.tif,.tiff'
 """
 
 from __future__ import annotations
@@ -14,23 +14,33 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 
 from ragtune.ingest.formats.base import Format, Limits, LoaderError, bom_encoding, chars_error, decode_text
+from ragtune.ingest.formats.csvfile import CSV
 from ragtune.ingest.formats.docx import DOCX
 from ragtune.ingest.formats.html import HTML, MARKDOWN
+from ragtune.ingest.formats.image import JPEG, PNG, TIFF
 from ragtune.ingest.formats.pdf import PDF
+from ragtune.ingest.formats.pptx import PPTX
 from ragtune.ingest.formats.text import TEXT
+from ragtune.ingest.formats.xlsx import XLSX
 
-FORMATS: tuple[Format, ...] = (TEXT, MARKDOWN, HTML, PDF, DOCX)
+FORMATS: tuple[Format, ...] = (TEXT, MARKDOWN, HTML, PDF, DOCX, PPTX, XLSX, CSV, PNG, JPEG, TIFF)
 
 SUPPORTED_EXTENSIONS = frozenset(ext for fmt in FORMATS for ext in fmt.extensions)
 
 __all__ = [
+    "CSV",
     "DOCX",
     "FORMATS",
     "HTML",
+    "JPEG",
     "MARKDOWN",
     "PDF",
+    "PNG",
+    "PPTX",
     "SUPPORTED_EXTENSIONS",
     "TEXT",
+    "TIFF",
+    "XLSX",
     "Format",
     "Limits",
     "LoaderError",
@@ -43,6 +53,7 @@ __all__ = [
     "format_by_name",
     "has_supported_name",
     "supported_names",
+    "zip_kinds",
 ]
 
 
@@ -83,9 +94,17 @@ def format_by_name(filename: str) -> Format:
 
 
 def supported_names() -> str:
-    """'txt, md, html, pdf and docx', for messages."""
-    names = [fmt.name for fmt in FORMATS]
-    return f"{', '.join(names[:-1])} and {names[-1]}" if len(names) > 1 else names[0]
+    """'txt, md, …, png, jpeg and tiff', for messages."""
+    return _listed([fmt.name for fmt in FORMATS], "and")
+
+
+def zip_kinds() -> str:
+    """What the zip-based formats are called, for a zip archive that is none of them."""
+    return _listed([fmt.label or fmt.name for fmt in FORMATS if fmt.zip_member], "or")
+
+
+def _listed(names: list[str], conjunction: str) -> str:
+    return f"{', '.join(names[:-1])} {conjunction} {names[-1]}" if len(names) > 1 else names[0]
 
 
 def accept_attribute() -> str:

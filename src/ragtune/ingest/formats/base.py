@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import codecs
+import io
 import re
+import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from ragtune.config import IngestSettings
 from ragtune.types import Section
 
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 200 * 1024 * 1024
+_BLOCK = 1024 * 1024
 
 
 class LoaderError(ValueError):
@@ -31,6 +36,15 @@ class Limits:
     max_nesting_depth: int = 512
     max_pages: int = 5000
     max_extracted_chars: int = 20_000_000
+    ocr: Literal["auto", "off", "always"] = "auto"
+    # Spreadsheets are cut into sections of whole rows that fit one chunk, each led by the header.
+    chunk_size: int = 1000
+    # OCR is the slowest work a document can ask for (about a second a page): these keep one
+    # scanned document from occupying the parser for longer than the parse timeout could allow.
+    max_ocr_pages: int = 500
+    ocr_page_timeout_s: float = 30.0
+    # Pixels decoded for one image or one rendered page: a 300 dpi A3 scan is 17 M.
+    max_image_pixels: int = 50_000_000
 
     @classmethod
     def of(cls, settings: IngestSettings) -> Limits:
@@ -40,6 +54,8 @@ class Limits:
             settings.max_nesting_depth,
             settings.max_pages,
             settings.max_extracted_chars,
+            ocr=settings.ocr,
+            chunk_size=settings.chunk_size,
         )
 
 
@@ -63,7 +79,7 @@ Check = Callable[[bytes, str, Limits], None]  # raises LoaderError; cheap enough
 
 @dataclass(frozen=True)
 class Format:
-    """One supported format. Binary formats are recognised by their bytes (`magic` or a
+    """One supported format. Binary formats are recognised by their bytes (a `magic` prefix or a
     `zip_member`); text formats by their extension (and HTML also by its doctype)."""
 
     name: str  # how people and error messages call it: "pdf"
@@ -71,13 +87,54 @@ class Format:
     extensions: tuple[str, ...]
     load: Load
     check: Check
-    magic: bytes = b""
+    magic: tuple[bytes, ...] = ()
     zip_member: str = ""
     misnamed: str = ""  # why a file with this extension but other bytes is refused
+    label: str = ""  # what a person calls a file of it, where the name would not do: "Word document"
 
     @property
     def binary(self) -> bool:
         return bool(self.magic or self.zip_member)
+
+
+def check_archive(data: bytes, name: str, limits: Limits, kind: str) -> None:
+    """Refuses a zip bomb by inflating every member in blocks and counting the real bytes
+    (a member's declared size can lie), stopping at the limit; memory stays at one block.
+    Only an archive that passes is given to the format's library, which inflates members whole."""
+    declared_total = inflated = 0
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            infos = archive.infolist()
+            declared_total = sum(info.file_size for info in infos)
+            if declared_total <= limits.max_uncompressed_bytes:
+                for info in infos:
+                    with archive.open(info) as member:
+                        while block := member.read(_BLOCK):
+                            inflated += len(block)
+                            if inflated > limits.max_uncompressed_bytes:
+                                break
+                    if inflated > limits.max_uncompressed_bytes:
+                        break
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        EOFError,
+        OSError,
+        ValueError,
+        RuntimeError,
+        zlib.error,
+    ) as exc:
+        # zipfile raises BadZipFile on a CRC or size mismatch (a header that lies), RuntimeError
+        # on an encrypted member and zlib.error on corrupt deflate data
+        raise LoaderError(f"{name} is a damaged zip/{kind.upper()} archive ({exc})", f"damaged_{kind}") from exc
+    if declared_total > limits.max_uncompressed_bytes or inflated > limits.max_uncompressed_bytes:
+        size = f"{declared_total} bytes" if declared_total > limits.max_uncompressed_bytes else "more bytes"
+        raise LoaderError(
+            f"{name} would decompress to {size}, over the limit of "
+            f"{limits.max_uncompressed_bytes} (RAGTUNE_MAX_UNCOMPRESSED_BYTES)",
+            "decompression_limit",
+        )
 
 
 def normalise(text: str) -> str:

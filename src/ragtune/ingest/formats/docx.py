@@ -1,48 +1,22 @@
-"""Word documents with python-docx: sections split at heading styles, tables as text rows."""
+"""Word documents with python-docx: sections split at heading styles, tables as Markdown rows
+where they stand in the text."""
 
 from __future__ import annotations
 
 import io
-import zipfile
 
-from ragtune.ingest.formats.base import Format, Limits, LoaderError, metadata_title, normalise
+from ragtune.ingest.formats.base import Format, Limits, LoaderError, check_archive, metadata_title, normalise
+from ragtune.ingest.formats.tables import markdown_table
 from ragtune.types import Section
-
-_BLOCK = 1024 * 1024
 
 
 def check_docx(data: bytes, name: str, limits: Limits) -> None:
-    """Refuses a zip bomb by inflating every member in blocks and counting the real bytes
-    (a member's declared size can lie), stopping at the limit; memory stays at one block.
-    Only an archive that passes is given to python-docx, which inflates members whole."""
-    declared_total = inflated = 0
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            infos = archive.infolist()
-            declared_total = sum(info.file_size for info in infos)
-            if declared_total <= limits.max_uncompressed_bytes:
-                for info in infos:
-                    with archive.open(info) as member:
-                        while block := member.read(_BLOCK):
-                            inflated += len(block)
-                            if inflated > limits.max_uncompressed_bytes:
-                                break
-                    if inflated > limits.max_uncompressed_bytes:
-                        break
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError, ValueError) as exc:
-        # zipfile raises BadZipFile on a CRC or size mismatch (a header that lies)
-        raise LoaderError(f"{name} is a damaged zip/DOCX archive ({exc})", "damaged_docx") from exc
-    if declared_total > limits.max_uncompressed_bytes or inflated > limits.max_uncompressed_bytes:
-        size = f"{declared_total} bytes" if declared_total > limits.max_uncompressed_bytes else "more bytes"
-        raise LoaderError(
-            f"{name} would decompress to {size}, over the limit of "
-            f"{limits.max_uncompressed_bytes} (RAGTUNE_MAX_UNCOMPRESSED_BYTES)",
-            "decompression_limit",
-        )
+    check_archive(data, name, limits, "docx")
 
 
 def load_docx(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section]]:
     import docx
+    from docx.table import Table
 
     check_docx(data, name, limits)
     try:
@@ -52,18 +26,19 @@ def load_docx(data: bytes, name: str, limits: Limits) -> tuple[str, list[Section
     sections: list[Section] = []
     heading = ""
     lines: list[str] = []
-    for paragraph in document.paragraphs:
-        style = (paragraph.style.name if paragraph.style is not None else "") or ""
-        text = paragraph.text.strip()
+    for block in document.iter_inner_content():  # paragraphs and tables in the body's order
+        if isinstance(block, Table):
+            # A blank line on each side keeps the table one block for the chunker.
+            lines.append(f"\n{markdown_table([cell.text for cell in row.cells] for row in block.rows)}\n")
+            continue
+        style = (block.style.name if block.style is not None else "") or ""
+        text = block.text.strip()
         if style.lower().startswith(("heading", "title")) and text:
             sections.append(Section(normalise("\n".join(lines)), heading=heading))
             heading, lines = text, []
         elif text:
             lines.append(text)
     sections.append(Section(normalise("\n".join(lines)), heading=heading))
-    for table in document.tables:
-        rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in table.rows]
-        sections.append(Section(normalise("\n".join(rows)), heading=heading))
     return metadata_title(document.core_properties.title), sections
 
 
@@ -75,4 +50,5 @@ DOCX = Format(
     check_docx,
     zip_member="word/document.xml",
     misnamed="is not a zip archive: not a Word document",
+    label="Word document",
 )
