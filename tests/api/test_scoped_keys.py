@@ -152,6 +152,14 @@ def test_documents_of_other_collections_are_not_found_nor_listed(scoped):
     assert admin_view["finance"] == 1 and admin_view["shared"] == 1 and "ragtune" in admin_view
 
 
+def test_a_job_filing_into_another_collection_is_not_found(scoped):
+    client, keys, _, _ = scoped
+    job_id = upload(client, ADMIN_KEY, "/v1/collections/shared/documents", "memo.md", "# Memo\n\nShared.\n")["job_id"]
+    hidden = client.get(f"/v1/jobs/{job_id}", headers=bearer(keys["reader"]))
+    assert hidden.status_code == 404 and hidden.json()["error"]["code"] == "job_not_found"
+    assert client.get(f"/v1/jobs/{job_id}", headers=bearer(keys["both"])).json()["collection"] == "shared"
+
+
 def test_unknown_and_invalid_collections(scoped):
     client = scoped[0]
     unknown = client.post("/v1/collections/nowhere/query", json={"question": QUESTION}, headers=bearer(ADMIN_KEY))

@@ -169,6 +169,8 @@ class JobOut(BaseModel):
     attempts: int
     error: str
     tags: list[str]
+    collection: str = Field(description="The collection its documents are filed into.")
+    metadata: dict[str, MetaValue] = Field(description="The metadata given with the upload.")
     created_at: datetime
     updated_at: datetime
     files: list[JobFileOut]
@@ -198,6 +200,8 @@ class JobOut(BaseModel):
             attempts=job.attempts,
             error=job.error,
             tags=list(job.tags),
+            collection=job.collection,
+            metadata=dict(job.metadata),
             created_at=as_utc(job.created_at),
             updated_at=as_utc(job.updated_at),
             files=[JobFileOut.of(f) for f in job.files],

@@ -233,9 +233,10 @@ def delete_document(services: ServicesDep, scope: Writer, id: str) -> DeletedDoc
 
 
 @router.get("/jobs/{id}", response_model=JobOut, responses=ERRORS, tags=["jobs"])
-def get_job(services: ServicesDep, id: str) -> JobOut:
-    """Progress (files done of total, chunks) and each file's outcome and error."""
+def get_job(services: ServicesDep, scope: KeyScopeDep, id: str) -> JobOut:
+    """Progress (files done of total, chunks) and each file's outcome and error. A job that
+    files into a collection the key does not hold is not found, like its documents."""
     job = services.queue.get(id)
-    if job is None:
+    if job is None or not scope.holds(job.collection or services.settings.store.collection):
         raise ApiError(404, "job_not_found", f"no job with id {id!r}; POST /v1/documents returns job ids")
     return JobOut.of(job)
