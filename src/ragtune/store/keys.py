@@ -97,9 +97,7 @@ class CreatedKey:
 class KeyStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        with catalog.engine.begin() as connection:
-            if catalog.engine.dialect.name == "postgresql":  # as the Catalog: replicas start together
-                connection.execute(text("SELECT pg_advisory_xact_lock(7450238)"))
+        with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
             create_tables(connection, [TableBase.metadata.tables[ApiKeyRow.__tablename__]])
 
     def create(self, name: str = "", role: str = ADMIN, collections: Iterable[str] = ()) -> CreatedKey:

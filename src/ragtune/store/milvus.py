@@ -124,11 +124,16 @@ class MilvusStore:
     # --- schema ------------------------------------------------------------------------
     def _ensure_collection(self) -> None:
         client = self._client
-        upgrade = self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
         has = set(client.list_collections(timeout=self.timeout))
-        if self.collection in has:
-            self._check_dimension(self.collection)
-        if upgrade in has or (self.collection in has and not self._current(self.collection)):
+        fields = self._fields(self.collection) if self.collection in has else None
+        if fields is not None:
+            dimension = fields.get("dense", {}).get("params", {}).get("dim")
+            if dimension and int(dimension) != self.dimension:
+                raise StoreError(
+                    f"collection {self.collection!r} holds {dimension}-d vectors but the embedding model "
+                    f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
+                )
+        if self._upgrade_name in has or (fields is not None and "collection" not in fields):
             if is_server_uri(self.uri) and not self._upgrade_server:
                 # Every replica and worker opens the store as it starts; copies made by two of
                 # them at once would drop each other's. On Milvus Lite the data path's lock
@@ -138,23 +143,23 @@ class MilvusStore:
                     "metadata; stop every ragtune process using it, then upgrade it once: ragtune upgrade-store"
                 )
             self.upgrade()
-        elif self.collection not in has:
+        elif fields is None:
             self._create(self.collection)
         client.load_collection(self.collection, timeout=self.timeout)
 
-    def _check_dimension(self, name: str) -> None:
+    def _fields(self, name: str) -> dict[str, dict[str, Any]]:
+        """The collection's fields by name, as Milvus describes them."""
         described = self._client.describe_collection(name, timeout=self.timeout)
-        dims = [f.get("params", {}).get("dim") for f in described["fields"] if f["name"] == "dense"]
-        if dims and int(dims[0]) != self.dimension:
-            raise StoreError(
-                f"collection {self.collection!r} holds {dims[0]}-d vectors but the embedding model "
-                f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
-            )
+        return {f["name"]: f for f in described["fields"]}
 
     def _current(self, name: str) -> bool:
         """Whether the collection has the fields of collections and metadata."""
-        described = self._client.describe_collection(name, timeout=self.timeout)
-        return "collection" in {f["name"] for f in described["fields"]}
+        return "collection" in self._fields(name)
+
+    @property
+    def _upgrade_name(self) -> str:
+        """Where an upgrade copies the rows to (within Milvus' 255 characters)."""
+        return self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
 
     def upgrade(self) -> None:
         """Brings a collection from before collections and metadata to the current schema, its
@@ -165,7 +170,7 @@ class MilvusStore:
         so a process stopped at any point leaves a complete set of rows that the next call
         finishes from. Only one process may run it at a time (see `_ensure_collection`)."""
         client = self._client
-        upgrade = self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
+        upgrade = self._upgrade_name
         has = set(client.list_collections(timeout=self.timeout))
         if self.collection in has and not self._current(self.collection):
             if upgrade in has:  # a first copy left half-made

@@ -190,12 +190,15 @@ def document_list(
     return DocumentList(total=total, offset=offset, limit=limit, documents=documents)
 
 
+def _holds(services: Services, scope: KeyScope, collection: str) -> bool:
+    """Whether the key holds `collection` ("" in rows from before collections: the default one)."""
+    return scope.holds(collection or services.settings.store.collection)
+
+
 def _visible(services: Services, scope: KeyScope, id: str) -> DocumentRecord | None:
     """The document, unless it is in a collection the key does not hold (then as if absent)."""
     record = services.system.catalog.get(id)
-    if record is None or not scope.holds(record.collection or services.settings.store.collection):
-        return None
-    return record
+    return record if record is not None and _holds(services, scope, record.collection) else None
 
 
 def _not_found(id: str) -> ApiError:
@@ -214,7 +217,8 @@ def get_document(services: ServicesDep, scope: KeyScopeDep, id: str) -> Document
 def delete_document(services: ServicesDep, scope: Writer, id: str) -> DeletedDocument:
     """Removes the document's chunks from the index and the document from the catalog. An
     upload still queued is not deleted (409): its job would index it again afterwards."""
-    if services.system.catalog.get(id) is not None and _visible(services, scope, id) is None:
+    record = services.system.catalog.get(id)
+    if record is not None and not _holds(services, scope, record.collection):
         raise _not_found(id)  # in a collection the key does not hold: not even whether it is queued
     waiting = services.queue.waiting_for(id)
     if waiting is not None:
@@ -224,7 +228,8 @@ def delete_document(services: ServicesDep, scope: Writer, id: str) -> DeletedDoc
             f"document {id!r} has an upload queued in job {waiting}, not indexed yet; "
             f"delete it once GET /v1/jobs/{waiting} shows the job finished",
         )
-    record = _visible(services, scope, id)
+    if record is None:  # read again: its job may have indexed it since
+        record = _visible(services, scope, id)
     if record is None:
         raise _not_found(id)
     services.probe.require()
@@ -237,6 +242,6 @@ def get_job(services: ServicesDep, scope: KeyScopeDep, id: str) -> JobOut:
     """Progress (files done of total, chunks) and each file's outcome and error. A job that
     files into a collection the key does not hold is not found, like its documents."""
     job = services.queue.get(id)
-    if job is None or not scope.holds(job.collection or services.settings.store.collection):
+    if job is None or not _holds(services, scope, job.collection):
         raise ApiError(404, "job_not_found", f"no job with id {id!r}; POST /v1/documents returns job ids")
     return JobOut.of(job)
