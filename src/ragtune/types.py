@@ -225,6 +225,9 @@ class Labels:
     metadata: dict[str, MetaValue] = field(default_factory=dict)
 
 
+NO_LABELS = Labels()  # the default collection, no tags, no metadata
+
+
 @dataclass(frozen=True)
 class Section:
     """A run of a document's text under one heading on one page."""

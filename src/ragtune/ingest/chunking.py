@@ -17,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from ragtune.types import Chunk, Labels, LoadedDocument, merge_metadata
-
-NO_LABELS = Labels()
+from ragtune.types import NO_LABELS, Chunk, Labels, LoadedDocument, merge_metadata
 
 # Each pattern matches the whitespace after which a piece may end.
 _SEPARATORS = [re.compile(r"\n\s*\n\s*"), re.compile(r"\n\s*"), re.compile(r"(?<=[.!?;:])\s+"), re.compile(r"\s+")]

@@ -28,12 +28,12 @@ from tqdm import tqdm
 
 from ragtune.config import IngestSettings
 from ragtune.embed import Embedder
-from ragtune.ingest.chunking import NO_LABELS, chunk_document, document_id
+from ragtune.ingest.chunking import chunk_document, document_id
 from ragtune.ingest.formats import Limits, LoaderError, has_supported_name
 from ragtune.ingest.sandbox import shared_parser
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import INDEXED, Catalog, IndexedDocument, PendingDocument
-from ragtune.types import Chunk, Labels, LoadedDocument, check_collection, merge_metadata
+from ragtune.types import NO_LABELS, Chunk, Labels, LoadedDocument, check_collection, merge_metadata
 
 # Chunks embedded between two progress reports when a caller follows progress (the job worker):
 # over the API's question-batching size, so each slice still goes to the model directly.

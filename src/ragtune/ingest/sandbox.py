@@ -23,10 +23,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from ragtune.ingest.chunking import NO_LABELS, chunk_document
+from ragtune.ingest.chunking import chunk_document
 from ragtune.ingest.formats import Limits, LoaderError
 from ragtune.ingest.loaders import load_bytes
-from ragtune.types import Chunk, Labels, LoadedDocument
+from ragtune.types import NO_LABELS, Chunk, Labels, LoadedDocument
 
 STARTUP_TIMEOUT_S = 120.0
 Parsed = tuple[LoadedDocument, list[Chunk]]

@@ -47,9 +47,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog
 from ragtune.store.tables import TableBase, create_tables, utc_now
-from ragtune.types import Labels, MetaValue
-
-NO_LABELS = Labels()
+from ragtune.types import NO_LABELS, Labels, MetaValue
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
