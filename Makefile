@@ -9,7 +9,7 @@ DEMO_QUESTION ?= How does hybrid search merge the dense and BM25 results?
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test lint install system-deps bench clean
+.PHONY: demo test lint install system-deps deepspeed-ops bench clean
 
 install: $(VENV)/.installed
 
@@ -36,13 +36,20 @@ demo: install
 system-deps:
 	@for script in scripts/system-deps/*.sh; do [ -e "$$script" ] || continue; bash "$$script" || exit 1; done
 
+# DeepSpeed's C++ ops the offload tests need, JIT-compiled once into torch's extension cache
+# (~/.cache/torch_extensions) rather than inside a test: CPU Adam (ZeRO-Offload) and async I/O
+# over libaio (ZeRO-Infinity's NVMe swap files). Each takes minutes to build the first time.
+deepspeed-ops: install system-deps
+	$(BIN)/python -c "from deepspeed.accelerator import get_accelerator; \
+	  [get_accelerator().create_op_builder(op).load(verbose=False) for op in ('CPUAdamBuilder', 'AsyncIOBuilder')]"
+
 # Lint, format and types are checked, never fixed up, so CI fails on code that was not formatted.
 lint: install
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
-test: install system-deps lint
+test: install system-deps deepspeed-ops lint
 	$(BIN)/python -m pytest
 
 bench: install

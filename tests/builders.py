@@ -253,7 +253,7 @@ def lying_docx(inflated: int) -> bytes:
     return bytes(data)
 
 
-def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
+def build_tiny_llama(directory: Path, seed: int = 0, intermediate_size: int = 128) -> Path:
     """Save a 2-layer Llama (hidden 64, random weights) and its tokenizer to `directory`."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -273,7 +273,7 @@ def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=64,
-        intermediate_size=128,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -82,3 +82,34 @@ def test_plan_command_prints_the_plan_and_rejects_bad_numbers_with_exit_2():
     bad = _plan_cli("--global-batch", "100", "--micro-batch", "8", "--devices", "4")
     assert bad.returncode == 2
     assert "global_batch=100, micro_batch=8, devices=4" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_only_data_parallel_replicas_multiply_the_batch():
+    plan = plan_batch(global_batch=64, micro_batch=4, devices=8, pipeline_parallel=2, tensor_parallel=2)
+    assert (plan.data_parallel, plan.grad_accum_steps) == (2, 8)
+    assert plan.global_batch == plan.micro_batch * plan.data_parallel * plan.grad_accum_steps
+    assert plan.bubble_fraction == pytest.approx(1 / 9)  # (P - 1) / (m + P - 1) with P = 2, m = 8
+    assert plan_batch(global_batch=64, micro_batch=4, devices=8).grad_accum_steps == 2  # 8 replicas
+    assert plan_batch(global_batch=8, micro_batch=2, devices=2, pipeline_parallel=2).grad_accum_steps == 4
+
+    with pytest.raises(BatchPlanError) as error:
+        plan_batch(global_batch=64, micro_batch=4, devices=6, pipeline_parallel=2, tensor_parallel=2)
+    message = str(error.value)
+    assert "devices 6 is not divisible by pipeline_parallel × tensor_parallel = 2 × 2 = 4" in message
+    assert "pipeline 2 × tensor 3" in message and "pipeline 2 × tensor 2" not in message and "[4, 8, 12]" in message
+    with pytest.raises(BatchPlanError, match="micro_batch × data_parallel_size = 16"):
+        plan_batch(global_batch=60, micro_batch=8, devices=8, pipeline_parallel=2, tensor_parallel=2)
+
+
+def test_plan_command_prints_the_parallel_layout_and_the_pipeline_bubble():
+    ok = _plan_cli(
+        *("--devices", "8", "--pipeline-parallel", "2", "--tensor-parallel", "2"),
+        *("--global-batch", "64", "--micro-batch", "4"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "data_parallel_size = 2" in ok.stdout and "grad_accum_steps = 8" in ok.stdout
+    assert "pipeline: 8 micro-batches in flight per step; bubble (P - 1) / (m + P - 1) = 1/9 = 0.111" in ok.stdout
+
+    bad = _plan_cli("--devices", "6", "--pipeline-parallel", "4", "--global-batch", "64", "--micro-batch", "4")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "devices 6 is not divisible by pipeline_parallel × tensor_parallel = 4 × 1 = 4" in bad.stderr

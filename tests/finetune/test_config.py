@@ -74,7 +74,36 @@ def test_run_flags_are_config_keys_described_once():
 
     run = typer.main.get_command(finetune_app).commands["run"]
     flags = {p.name: p for p in run.params if p.name not in ("config_file", "set_", "resume", "merge")}
-    assert set(flags) == {"max_steps", "deepspeed", "offload_optimizer", "offload_params"}
+    assert set(flags) == {
+        "max_steps",
+        "deepspeed",
+        "offload_optimizer",
+        "offload_params",
+        "nvme_path",
+        "pipeline_parallel",
+        "tensor_parallel",
+    }
     for name, param in flags.items():
         description = FinetuneConfig.model_fields[name].description
         assert description and param.help.lower().startswith(description.lower()), name
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"deepspeed": 2, "offload_optimizer": "nvme", "nvme_path": "/tmp"}, "ZeRO-Infinity, which needs deepspeed: 3"),
+        ({"deepspeed": 3, "offload_optimizer": "nvme"}, "offload to nvme needs nvme_path"),
+        ({"pipeline_parallel": 2, "deepspeed": 3}, "DeepSpeed's pipeline engine does not run ZeRO-3"),
+        (
+            {"pipeline_parallel": 2, "deepspeed": 1, "offload_optimizer": "cpu"},
+            "pipeline_parallel runs without offload",
+        ),
+        # DeepSpeed AutoTP drops PEFT's LoRA layers (BENCHMARKS.md): refused before any model loads.
+        ({"tensor_parallel": 2}, "AutoTP replaces PEFT's LoRA-wrapped linear layers"),
+    ],
+)
+def test_parallel_and_offload_combinations_the_engines_cannot_run_are_refused_up_front(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        FinetuneConfig.load(None, {"data": "x.jsonl", **overrides})
+    if "pipeline_parallel" in overrides:
+        assert FinetuneConfig.load(None, {"data": "x.jsonl", "pipeline_parallel": 2}).uses_deepspeed

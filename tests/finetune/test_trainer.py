@@ -178,6 +178,7 @@ def test_a_new_run_will_not_mix_with_an_earlier_runs_checkpoints(make_config):
 def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
     # Under ZeRO-3 each forward pass is collective: a process with fewer passes hangs the rest.
     from ragtune.finetune import trainer
+    from ragtune.finetune.batch_plan import plan_batch
     from ragtune.finetune.data import TokenizedExample
     from ragtune.finetune.deepspeed import Processes
 
@@ -188,6 +189,10 @@ def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
         def train(self):
             pass
 
+    class Backend:
+        def __init__(self, rank: int) -> None:
+            self.module, self.data_parallel_rank = Forward(), rank
+
     examples = [TokenizedExample([1, 2, 3], [-100, 2, 3])] * 5
     calls = []
     monkeypatch.setattr(
@@ -196,7 +201,8 @@ def test_every_process_runs_the_same_number_of_eval_passes(monkeypatch):
     passes = {}
     for rank in (0, 1):
         calls.clear()
-        trainer.held_out_loss(Forward(), examples, 2, 0, Processes(rank, 2, rank, False), torch.device("cpu"))
+        plan = plan_batch(global_batch=4, micro_batch=2, devices=2)
+        trainer.held_out_loss(Backend(rank), examples, plan, 0, Processes(rank, 2, rank, False), torch.device("cpu"))
         passes[rank] = list(calls)
     # rank 0 holds examples 0, 2, 4; rank 1 holds 1, 3 and adds a zero-weighted pass
     assert passes == {0: [2, 1], 1: [2, 1]}

@@ -9,6 +9,8 @@ backend's share of a checkpoint. `make_backend` picks one from the config:
 * `DeepSpeedBackend` (``deepspeed: 1-3``): ``deepspeed.initialize`` owns the optimizer
   (ragtune's, or its CPU Adam when the optimizer is offloaded), the schedule, clipping,
   the gradient all-reduce and ZeRO's partitioning; its checkpoint is DeepSpeed's own.
+* `pipeline.PipelineBackend` (``pipeline_parallel > 1``): DeepSpeed's pipeline engine, which
+  takes a whole step's micro-batches at once (``train_batch``) instead of ``backward``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -25,6 +27,9 @@ from ragtune.finetune.batch_plan import BatchPlan
 from ragtune.finetune.config import FinetuneConfig
 from ragtune.finetune.deepspeed import Processes, deepspeed_config
 from ragtune.finetune.qlora import TrainableModel
+
+if TYPE_CHECKING:
+    from ragtune.finetune.pipeline import PipelineBackend
 
 __all__ = ["Backend", "DeepSpeedBackend", "TorchBackend", "lr_factor", "make_backend", "make_optimizer"]
 
@@ -35,6 +40,7 @@ class Backend(Protocol):
     """What the training loop needs from the thing that owns the optimizer."""
 
     module: Any  # what the loss runs forward through: the PEFT model, or the engine wrapping it
+    data_parallel_rank: int  # which share of each step's examples this process trains on
 
     @property
     def lr(self) -> float:
@@ -96,6 +102,7 @@ class TorchBackend:
     def __init__(self, config: FinetuneConfig, trainable: TrainableModel, processes: Processes) -> None:
         self.module = trainable.model
         self.processes = processes
+        self.data_parallel_rank = 0
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.max_grad_norm = config.max_grad_norm if config.max_grad_norm > 0 else math.inf  # 0: no clipping
         self.optimizer = make_optimizer(config, self.params)
@@ -141,10 +148,11 @@ class DeepSpeedBackend:
         import deepspeed
 
         self.peft_model, self.processes, self.plan = trainable.model, processes, plan
+        self.data_parallel_rank = processes.rank
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
         ds_config = deepspeed_config(config, plan, trainable.compute_dtype)
         # ragtune's own optimizer, unless ZeRO-Offload needs DeepSpeed's CPU Adam (built from ds_config).
-        client_optimizer = None if config.offload_optimizer == "cpu" else make_optimizer(config, params)
+        client_optimizer = None if config.offload_optimizer != "none" else make_optimizer(config, params)
         self.module, _, _, _ = deepspeed.initialize(
             model=self.peft_model,
             model_parameters=params,
@@ -162,7 +170,7 @@ class DeepSpeedBackend:
     def backward(self, token_loss: torch.Tensor, step_tokens: int) -> None:
         # DeepSpeed divides what backward() gets by grad_accum_steps and averages gradients
         # over processes: multiplying by both first leaves the weight 1 / step_tokens.
-        self.module.backward(token_loss * (self.plan.grad_accum_steps * self.plan.devices / step_tokens))
+        self.module.backward(token_loss * (self.plan.grad_accum_steps * self.plan.data_parallel / step_tokens))
         self.module.step()  # counts the micro-batch; the engine updates at the accumulation boundary
 
     def step(self) -> float | None:
@@ -194,8 +202,12 @@ class DeepSpeedBackend:
 
 def make_backend(
     config: FinetuneConfig, plan: BatchPlan, trainable: TrainableModel, processes: Processes
-) -> TorchBackend | DeepSpeedBackend:
+) -> TorchBackend | DeepSpeedBackend | PipelineBackend:
     """The backend the config asks for (``deepspeed: 0`` = plain PyTorch)."""
+    if config.pipeline_parallel > 1:
+        from ragtune.finetune.pipeline import PipelineBackend
+
+        return PipelineBackend(config, plan, trainable, processes)
     if config.deepspeed:
         return DeepSpeedBackend(config, plan, trainable, processes)
     return TorchBackend(config, trainable, processes)

@@ -6,6 +6,8 @@
     ragtune finetune plan --global-batch 128 --micro-batch 4 --devices 1
     ragtune finetune merge runs/smollm2-rag/adapter --out runs/smollm2-rag/merged
     torchrun --nproc_per_node 2 -m ragtune.cli finetune CONFIG.yaml --deepspeed 2
+    torchrun --nproc_per_node 4 -m ragtune.cli finetune CONFIG.yaml --pipeline-parallel 2   # 2 stages × 2 replicas
+    ragtune finetune CONFIG.yaml --deepspeed 3 --offload-params nvme --offload-optimizer nvme --nvme-path /local_nvme
 
 A first argument that is not one of the subcommands is the config file of a run. The
 settings themselves are defined once, in `FinetuneConfig`: ``--set KEY=VALUE`` reaches
@@ -66,7 +68,9 @@ def plan(
     global_batch: Annotated[int | None, typer.Option(help=_key_help("global_batch", default=False))] = None,
     micro_batch: Annotated[int | None, typer.Option(help=_key_help("micro_batch", default=False))] = None,
     grad_accum_steps: Annotated[int | None, typer.Option(help=_key_help("grad_accum_steps", default=False))] = None,
-    devices: Annotated[int, typer.Option(help="Data-parallel processes (GPUs).")] = 1,
+    devices: Annotated[int, typer.Option(help="Processes (GPUs), all stages and shards included.")] = 1,
+    pipeline_parallel: Annotated[int, typer.Option(help=_key_help("pipeline_parallel", default=False))] = 1,
+    tensor_parallel: Annotated[int, typer.Option(help=_key_help("tensor_parallel", default=False))] = 1,
 ) -> None:
     """Derive the missing one of global batch, micro batch and accumulation steps (or check all three)."""
     import json
@@ -74,11 +78,18 @@ def plan(
     from ragtune.finetune.batch_plan import BatchPlanError, plan_batch
 
     try:
-        result = plan_batch(global_batch, micro_batch, grad_accum_steps, devices)
+        result = plan_batch(global_batch, micro_batch, grad_accum_steps, devices, pipeline_parallel, tensor_parallel)
     except BatchPlanError as exc:
         raise _fail(str(exc)) from None
     typer.echo(result.describe())
+    typer.echo(f"data_parallel_size = {result.data_parallel}")
     typer.echo(f"grad_accum_steps = {result.grad_accum_steps}")
+    if result.pipeline_parallel > 1:
+        typer.echo(
+            f"pipeline: {result.grad_accum_steps} micro-batches in flight per step; bubble (P - 1) / (m + P - 1) = "
+            f"{result.pipeline_parallel - 1}/{result.grad_accum_steps + result.pipeline_parallel - 1} = "
+            f"{result.bubble_fraction:.3f}"
+        )
     typer.echo("DeepSpeed: " + json.dumps(result.deepspeed_batch_config()))
 
 
@@ -106,6 +117,9 @@ def run(
     deepspeed: Annotated[int | None, _config_flag("deepspeed")] = None,
     offload_optimizer: Annotated[str | None, _config_flag("offload_optimizer")] = None,
     offload_params: Annotated[str | None, _config_flag("offload_params")] = None,
+    nvme_path: Annotated[Path | None, _config_flag("nvme_path")] = None,
+    pipeline_parallel: Annotated[int | None, _config_flag("pipeline_parallel")] = None,
+    tensor_parallel: Annotated[int | None, _config_flag("tensor_parallel")] = None,
     set_: Annotated[
         list[str],
         typer.Option(
@@ -131,6 +145,9 @@ def run(
         "deepspeed": deepspeed,
         "offload_optimizer": offload_optimizer,
         "offload_params": offload_params,
+        "nvme_path": nvme_path,
+        "pipeline_parallel": pipeline_parallel,
+        "tensor_parallel": tensor_parallel,
     }
     try:
         config = FinetuneConfig.load(config_file, {**flags, **_parse_set(set_)})

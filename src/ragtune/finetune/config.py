@@ -8,6 +8,7 @@
     max_steps: 100
     quant: nf4                 # nf4 (ragtune.quant) | bnb (bitsandbytes) | none
     deepspeed: 0               # 0 = plain PyTorch; 1-3 = DeepSpeed ZeRO stage
+    pipeline_parallel: 1       # > 1: DeepSpeed's pipeline engine, this many stages per replica
 
 `FinetuneConfig.load(path, overrides)` validates everything up front, so a typo fails in
 the first second with the key's name, not after the model has loaded.
@@ -74,12 +75,20 @@ class FinetuneConfig(BaseModel):
     gradient_checkpointing: bool = False
     # distributed
     deepspeed: int = Field(0, ge=0, le=3, description="0 = plain PyTorch; 1-3 = DeepSpeed ZeRO stage")
-    offload_optimizer: Literal["none", "cpu"] = Field(
-        "none", description="ZeRO-Offload of the optimizer state to the CPU (deepspeed 1-3)"
+    offload_optimizer: Literal["none", "cpu", "nvme"] = Field(
+        "none",
+        description="ZeRO-Offload of the optimizer state to the CPU (deepspeed 1-3), or ZeRO-Infinity to nvme_path (deepspeed 3)",
     )
-    offload_params: Literal["none", "cpu"] = Field(
-        "none", description="ZeRO-3 offload of the parameters to the CPU (deepspeed 3)"
+    offload_params: Literal["none", "cpu", "nvme"] = Field(
+        "none", description="ZeRO-3 offload of the parameters to the CPU, or ZeRO-Infinity to nvme_path (deepspeed 3)"
     )
+    nvme_path: Path | None = Field(
+        None, description="directory on a fast local disk for ZeRO-Infinity's swap files (offload to nvme)"
+    )
+    pipeline_parallel: int = Field(
+        1, ge=1, description="pipeline stages per model replica, through DeepSpeed's pipeline engine"
+    )
+    tensor_parallel: int = Field(1, ge=1, description="tensor-parallel shards per pipeline stage (DeepSpeed AutoTP)")
     # checkpoints and logs
     save_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = only at the end")
     log_every: int = Field(1, ge=1)
@@ -98,16 +107,44 @@ class FinetuneConfig(BaseModel):
                 "quant: bnb cannot be sharded by ZeRO-3; use deepspeed 1-2, or quant: nf4 (ZeRO-3 then "
                 "shards the embeddings, norms and LoRA weights; the NF4 codes stay whole on every device)"
             )
+        nvme = "nvme" in (self.offload_optimizer, self.offload_params)
+        if nvme and self.deepspeed != 3:
+            raise ValueError("offload to nvme is ZeRO-Infinity, which needs deepspeed: 3")
+        if nvme and self.nvme_path is None:
+            raise ValueError("offload to nvme needs nvme_path: a directory on a fast local disk for the swap files")
+        if self.pipeline_parallel > 1 and self.deepspeed > 1:
+            raise ValueError(
+                f"pipeline_parallel runs ZeRO stage 1 (deepspeed 0 or 1): DeepSpeed's pipeline engine does not "
+                f"run ZeRO-{self.deepspeed}, which partitions the gradients a pipeline stage accumulates"
+            )
+        if self.pipeline_parallel > 1 and self.offload_optimizer != "none":
+            raise ValueError(
+                "pipeline_parallel runs without offload: the pipeline engine and ZeRO-Offload are not combined here"
+            )
+        if self.tensor_parallel > 1:
+            # Measured with DeepSpeed 0.19.8 (BENCHMARKS.md, "Tensor parallelism"): the run would train nothing.
+            raise ValueError(
+                "tensor_parallel > 1 cannot train LoRA adapters: DeepSpeed AutoTP replaces PEFT's LoRA-wrapped "
+                "linear layers with its own LinearLayer / LinearAllreduce, dropping the adapters (0 trainable "
+                "parameters after deepspeed.initialize), and it does not shard ragtune's NF4 layers; split the "
+                "model with pipeline_parallel or deepspeed: 3 instead (tensor parallelism serves inference: "
+                "RAGTUNE_LLM_TENSOR_PARALLEL, or vLLM's --tensor-parallel-size)"
+            )
         if self.offload_optimizer != "none" and self.optimizer == "adamw8bit":
             raise ValueError("offload_optimizer uses DeepSpeed's CPU Adam; it cannot run optimizer: adamw8bit")
         return self
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        """DeepSpeed runs the training: a ZeRO stage, or its pipeline engine (ZeRO stage 0 or 1)."""
+        return self.deepspeed > 0 or self.pipeline_parallel > 1
 
     def check_installed(self) -> None:
         """The optional packages this run needs are importable (ConfigError says what to install)."""
         import importlib.util
 
         needs = []
-        if self.deepspeed:
+        if self.uses_deepspeed:
             needs.append(("deepspeed", "deepspeed"))
         if self.quant == "bnb" or self.optimizer == "adamw8bit":
             needs.append(("bitsandbytes", "quant: bnb and optimizer: adamw8bit"))
@@ -134,7 +171,7 @@ class FinetuneConfig(BaseModel):
             micro = 4
         if sum(v is not None for v in (self.global_batch, micro, accum)) < 2:
             accum = 1
-        return plan_batch(self.global_batch, micro, accum, devices)
+        return plan_batch(self.global_batch, micro, accum, devices, self.pipeline_parallel, self.tensor_parallel)
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FinetuneConfig:

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ragtune.finetune.backends import Backend, make_backend
 from ragtune.finetune.batch_plan import BatchPlan
@@ -53,9 +52,11 @@ from ragtune.finetune.checkpoint import (
     writing,
 )
 from ragtune.finetune.config import ConfigError, FinetuneConfig
-from ragtune.finetune.data import IGNORE_INDEX, DataError, StepSampler, TokenizedExample, collate, prepare_examples
+from ragtune.finetune.data import DataError, StepSampler, TokenizedExample, collate, prepare_examples
 from ragtune.finetune.deepspeed import Processes, all_sum, barrier, init_processes
+from ragtune.finetune.loss import summed_cross_entropy, target_window
 from ragtune.finetune.metrics_log import MetricsLog
+from ragtune.finetune.pipeline import PipelineBackend
 from ragtune.finetune.qlora import TrainableModel, load_trainable_model
 
 __all__ = ["StepStats", "TrainResult", "Trainer", "latest_checkpoint", "summed_token_loss", "train"]
@@ -107,27 +108,23 @@ def summed_token_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
     computed for those only (``logits_to_keep``), sparing the vocabulary projection of the
     prompt, by far the largest tensor of a RAG example.
     """
-    labels = batch["labels"]
-    keep = int((labels[:, 1:] != IGNORE_INDEX).sum(1).max()) + 1
+    window = target_window(batch["labels"])
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         position_ids=batch["position_ids"],
-        logits_to_keep=keep,
+        logits_to_keep=window,
         use_cache=False,
     )
-    logits = out.logits[:, :-1].float()  # position t predicts token t + 1
-    targets = labels[:, labels.shape[1] - keep + 1 :]
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-    )
+    return summed_cross_entropy(out.logits, batch["labels"], window)
 
 
 def micro_batches(step_examples: Sequence[int], plan: BatchPlan, rank: int) -> list[list[int]]:
-    """This process's share of a step: micro-batch ``m`` of rank ``r`` is slice
-    ``(m × devices + r) × micro_batch`` of the step's examples."""
+    """A replica's share of a step: micro-batch ``m`` of data-parallel rank ``r`` is slice
+    ``(m × data_parallel + r) × micro_batch`` of the step's examples (the pipeline stages
+    of one replica all take the same share)."""
     return [
-        list(step_examples[(m * plan.devices + rank) * plan.micro_batch :][: plan.micro_batch])
+        list(step_examples[(m * plan.data_parallel + rank) * plan.micro_batch :][: plan.micro_batch])
         for m in range(plan.grad_accum_steps)
     ]
 
@@ -138,29 +135,34 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 @torch.no_grad()
 def held_out_loss(
-    forward: Any,
+    backend: Backend | PipelineBackend,
     examples: Sequence[TokenizedExample],
-    micro_batch: int,
+    plan: BatchPlan,
     pad_id: int,
     processes: Processes,
     device: torch.device,
 ) -> float | None:
-    """Mean loss per target token over the held-out examples (each process takes a share)."""
+    """Mean loss per target token over the held-out examples (each replica takes a share)."""
     if not examples:
         return None
-    forward.eval()
-    mine = list(examples[processes.rank :: processes.world_size])
+    replicas, rank = plan.data_parallel, backend.data_parallel_rank
+    mine = list(examples[rank::replicas])
     # Every process runs the same number of forward passes: under ZeRO-3 each one gathers
-    # parameters from all processes, so a process with fewer would leave the others waiting.
-    passes = math.ceil(math.ceil(len(examples) / processes.world_size) / micro_batch)
-    loss = 0.0
-    for n in range(passes):
-        chunk = mine[n * micro_batch : (n + 1) * micro_batch]
-        weight = 1.0 if chunk else 0.0  # an idle process takes part with a zero-weighted pass
-        loss += weight * float(summed_token_loss(forward, _to(collate(chunk or examples[:1], pad_id), device)))
-    forward.train()
-    total_loss, total_tokens = all_sum([loss, float(sum(e.target_tokens for e in mine))], processes)
-    return total_loss / total_tokens
+    # parameters from all processes, and pipeline stages pass activations to each other, so
+    # a process with fewer would leave the others waiting.
+    passes = math.ceil(math.ceil(len(examples) / replicas) / plan.micro_batch)
+    chunks = [mine[n * plan.micro_batch : (n + 1) * plan.micro_batch] for n in range(passes)]
+    # An idle replica takes part with a repeat of the first example, weighted 0.
+    batches = [_to(collate(chunk or examples[:1], pad_id), device) for chunk in chunks]
+    weights = [1.0 if chunk else 0.0 for chunk in chunks]
+    if isinstance(backend, PipelineBackend):
+        loss = backend.eval_loss_sum(batches, weights)
+    else:
+        backend.module.eval()
+        loss = sum(w * float(summed_token_loss(backend.module, b)) for b, w in zip(batches, weights))
+        backend.module.train()
+    (total_loss,) = all_sum([loss], processes)
+    return total_loss / sum(e.target_tokens for e in examples)
 
 
 class _StopOnSignal:
@@ -224,7 +226,7 @@ class Trainer:
     eval_set: list[TokenizedExample]
     counts: dict[str, int]  # examples built, dropped as too long, train, eval
     sampler: StepSampler
-    backend: Backend
+    backend: Backend | PipelineBackend
     log: MetricsLog
 
     def __init__(self, config: FinetuneConfig, resume: bool = False, merge: bool = False) -> None:
@@ -241,7 +243,7 @@ class Trainer:
         if not Path(config.data).expanduser().exists():
             raise DataError(f"training data {config.data} not found: give a .jsonl file or a BEIR dataset directory")
         config.check_installed()
-        self.processes = processes = init_processes(config.deepspeed > 0)
+        self.processes = processes = init_processes(config.uses_deepspeed)
         self.plan = config.batch_plan(processes.world_size)
         self.device = processes.device()
         checkpoint = latest_checkpoint(out)
@@ -261,7 +263,10 @@ class Trainer:
 
         # Model: frozen (quantized) base + LoRA. Seeded first: the LoRA init draws from the RNG.
         seed_everything(config.seed)
-        self.trainable = trainable = load_trainable_model(config, self.device)
+        # A pipeline stage needs only its own layers on its device: the model loads into CPU
+        # memory and DeepSpeed moves each process's stage (deepspeed.initialize).
+        load_device = torch.device("cpu") if config.pipeline_parallel > 1 else self.device
+        self.trainable = trainable = load_trainable_model(config, load_device)
         tokenizer = trainable.tokenizer
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if processes.is_main:
@@ -290,31 +295,34 @@ class Trainer:
         step_tokens = sum(e.target_tokens for e in examples)  # the loss's denominator, on every rank
         batches = [
             _to(collate([examples[i] for i in ids], self.pad_id), self.device)
-            for ids in micro_batches(range(len(examples)), self.plan, self.processes.rank)
+            for ids in micro_batches(range(len(examples)), self.plan, self.backend.data_parallel_rank)
         ]
-        loss_sum = 0.0
-        for batch in batches:
-            token_loss = summed_token_loss(self.backend.module, batch)
-            # Exact accumulation (module docstring): every target token of the global batch
-            # weighs 1 / step_tokens, so the summed gradient is the whole batch's.
-            self.backend.backward(token_loss, step_tokens)
-            loss_sum += float(token_loss.detach())
+        if isinstance(self.backend, PipelineBackend):
+            # DeepSpeed's pipeline engine runs the micro-batches through its stages itself,
+            # with the same exact weighting (see `pipeline`).
+            loss_sum = self.backend.train_batch(batches, step_tokens)
+        else:
+            loss_sum = 0.0
+            for batch in batches:
+                token_loss = summed_token_loss(self.backend.module, batch)
+                # Exact accumulation (module docstring): every target token of the global batch
+                # weighs 1 / step_tokens, so the summed gradient is the whole batch's.
+                self.backend.backward(token_loss, step_tokens)
+                loss_sum += float(token_loss.detach())
         grad_norm = self.backend.step()
         self.step += 1
 
-        input_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
-        total_loss, total_inputs = all_sum([loss_sum, float(input_tokens)], self.processes)
+        (total_loss,) = all_sum([loss_sum], self.processes)  # each replica's share, counted once
         self.loss = total_loss / step_tokens
+        input_tokens = sum(len(e.input_ids) for e in examples)
         seconds = time.perf_counter() - started
         self.train_seconds += seconds
-        self.tokens_seen += int(total_inputs)
-        return StepStats(self.step, self.loss, lr, grad_norm, step_tokens, int(total_inputs), seconds)
+        self.tokens_seen += input_tokens
+        return StepStats(self.step, self.loss, lr, grad_norm, step_tokens, input_tokens, seconds)
 
     def evaluate(self) -> float | None:
         """The held-out loss per target token, logged (None without held-out examples)."""
-        loss = held_out_loss(
-            self.backend.module, self.eval_set, self.plan.micro_batch, self.pad_id, self.processes, self.device
-        )
+        loss = held_out_loss(self.backend, self.eval_set, self.plan, self.pad_id, self.processes, self.device)
         if loss is not None:
             self.log.write(step=self.step, eval_loss=loss)
         return loss
