@@ -2,7 +2,9 @@
 
 It answers by the request's system prompt: the condensing prompt gets `condensed`, the
 paraphrasing prompt gets `paraphrases` (one per line), and anything else (the answering
-prompt) gets `answer`. Streaming requests get the same text as one SSE delta."""
+prompt) gets `answer`. Streaming requests get the same text as one SSE delta. It serves the
+models `served` (GET /models lists them, first the base model, as vLLM lists its LoRA
+adapters after it) and answers a request for any other with vLLM's 404."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class StubLLM:
     condensed: str = "When was Acme Corp founded?"
     paraphrases: str = "1. first rephrasing\n2. second rephrasing"
     answer: str = "It says so [1]."
+    served: tuple[str, ...] = ("stub-model",)
     requests: list[dict] = field(default_factory=list)
 
     @staticmethod
@@ -41,18 +44,26 @@ class StubLLM:
         """What each request was for, in order."""
         return [self.kind(body) for body in self.requests]
 
+    def models(self, kind: str | None = None) -> list[str]:
+        """The `model` each request (of `kind`, if given) named, in order."""
+        return [body.get("model", "") for body in self.requests if kind is None or self.kind(body) == kind]
+
 
 @contextmanager
-def stub_llm(**replies: str) -> Iterator[StubLLM]:
-    stub = StubLLM(**replies)
+def stub_llm(served: tuple[str, ...] = ("stub-model",), **replies: str) -> Iterator[StubLLM]:
+    stub = StubLLM(served=served, **replies)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self._json({"object": "list", "data": [{"id": "stub-model", "object": "model"}]})
+            self._json({"object": "list", "data": [{"id": name, "object": "model"} for name in stub.served]})
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             stub.requests.append(body)
+            if body.get("model") not in stub.served:
+                message = f"The model `{body.get('model')}` does not exist."
+                self._json({"error": {"message": message, "type": "NotFoundError", "code": 404}}, 404)
+                return
             text = stub.reply(body)
             if not body.get("stream"):
                 self._json({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}], "usage": {}})
@@ -63,9 +74,9 @@ def stub_llm(**replies: str) -> Iterator[StubLLM]:
             chunk = {"choices": [{"index": 0, "delta": {"content": text}}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
 
-        def _json(self, payload: dict) -> None:
+        def _json(self, payload: dict, status: int = 200) -> None:
             data = json.dumps(payload).encode()
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -46,8 +46,10 @@ _VALUES = {
     "llm_base_url": "http://vllm:8000/v1",
     "llm_api_key": "lk",
     "llm_model": "qwen",
+    "llm_models": "rag,legal",
     "llm_adapter": "/adapters/rag",
     "llm_quant": "nf4",
+    "llm_tensor_parallel": "2",
     "llm_max_new_tokens": "64",
     "llm_temperature": "0.7",
     "llm_timeout_seconds": "9.5",
@@ -87,6 +89,7 @@ def test_every_flat_environment_name_reaches_its_section(monkeypatch, tmp_path):
     for flat in FLAT_NAMES:
         assert settings.flat(flat) != Settings.flat_field(flat).get_default(call_default_factory=True), flat
     assert settings.service.api_keys == ["k1", "k2"] and settings.service.embedded_worker is False
+    assert settings.llm.models == ["rag", "legal"]
     assert settings.retrieval.mode == "bm25" and settings.llm.temperature == 0.7
 
 

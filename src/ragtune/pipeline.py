@@ -4,6 +4,8 @@ A question asked in a conversation is first rewritten into a standalone one from
 turns before it (`ragtune.generate.rewrite`); with ``multi_query`` the LLM's paraphrases
 are searched beside it and the rankings fused; ``min_relevance`` drops chunks less
 similar to the question than that; a context window adds each hit's neighbouring chunks.
+``model`` picks which of the generator's `model_names` writes the answer (a LoRA adapter
+served by vLLM); the rewrites keep the default model.
 
 from ragtune.system import build
 
@@ -62,10 +64,18 @@ class RagPipeline:
         history: Sequence[Turn] = (),
         min_relevance: float | None = None,
         multi_query: bool = False,
+        model: str | None = None,
     ) -> Answer:
         """Retrieve, generate, cite: the last item `stream` yields."""
         *_, answer = self.stream(
-            question, top_k, mode, filters, history=history, min_relevance=min_relevance, multi_query=multi_query
+            question,
+            top_k,
+            mode,
+            filters,
+            history=history,
+            min_relevance=min_relevance,
+            multi_query=multi_query,
+            model=model,
         )
         assert isinstance(answer, Answer)
         return answer
@@ -119,6 +129,7 @@ class RagPipeline:
         history: Sequence[Turn] = (),
         min_relevance: float | None = None,
         multi_query: bool = False,
+        model: str | None = None,
     ) -> Iterator[str | Answer]:
         """`ask`, streamed: yields the answer's text deltas (``str``) as the generator
         writes them, then one final `Answer` (citations, timings, usage).
@@ -142,7 +153,7 @@ class RagPipeline:
         retrieved = time.perf_counter()
         citations_so_far = CitationStream(len(hits))
         if isinstance(self.generator, StreamingGenerator):
-            deltas = self.generator.stream(question, hits)
+            deltas = self.generator.stream(question, hits, model)
             while True:
                 try:
                     delta = next(deltas)
@@ -153,7 +164,7 @@ class RagPipeline:
                 if renumbered:
                     yield renumbered
         else:
-            generation = self.generator.generate(question, hits)
+            generation = self.generator.generate(question, hits, model)
             yield citations_so_far.feed(generation.text)
         rest = citations_so_far.flush()
         if rest:

@@ -141,9 +141,9 @@ def test_openai_sdk_max_tokens_cuts_with_length(sdk):
 
 def test_openai_sdk_models_and_errors(sdk):
     assert [m.id for m in sdk.models.list()] == ["ragtune"]
-    with pytest.raises(openai.NotFoundError) as unknown:
+    with pytest.raises(openai.BadRequestError) as unknown:
         sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    assert "use model 'ragtune'" in unknown.value.message
+    assert "model 'gpt-4o' is not served here; choose one of 'ragtune'" in unknown.value.message
     with pytest.raises(openai.UnprocessableEntityError) as no_question:
         sdk.chat.completions.create(model="ragtune", messages=[{"role": "system", "content": "be brief"}])
     assert "role 'user'" in no_question.value.message
@@ -153,11 +153,12 @@ class _CrashingGenerator:
     """Writes the start of an answer, then fails: the failure after the first byte."""
 
     name = "crashing"
+    model_names = ()
 
-    def generate(self, question, hits):
+    def generate(self, question, hits, model=None):
         raise RuntimeError("the model crashed")
 
-    def stream(self, question, hits):
+    def stream(self, question, hits, model=None):
         yield "The answer starts "
         raise RuntimeError("the model crashed")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,13 @@ from .deploytools import DOCKER, REPO, clean_env, run, tool
 
 COMPOSE = DOCKER / "compose.yaml"
 ENV_EXAMPLE = DOCKER / ".env.example"
-ALL_PROFILES = ("--profile", "gpu", "--profile", "monitoring")
+ALL_PROFILES = ("--profile", "gpu", "--profile", "llm-ragtune", "--profile", "monitoring")
 # Where each stateful service keeps its data: each must be a named volume.
 STATE = {
     "ragtune": "/var/lib/ragtune",
     "worker": "/var/lib/ragtune",
-    "llm": "/var/lib/ragtune",
+    "llm": "/root/.cache/huggingface",
+    "llm-ragtune": "/var/lib/ragtune",
     "etcd": "/etcd",
     "minio": "/minio_data",
     "milvus": "/var/lib/milvus",
@@ -100,9 +102,15 @@ def test_services_and_profiles(config: dict) -> None:
     assert services["ragtune"]["build"]["target"] == "api"
     assert services["worker"]["command"] == ["ragtune", "worker"]
     assert services["llm"]["profiles"] == ["gpu"]
-    assert services["llm"]["build"]["args"]["TORCH_VARIANT"] == "cuda"
+    assert services["llm"]["image"] == "vllm/vllm-openai:v0.11.0"
     (gpu,) = services["llm"]["deploy"]["resources"]["reservations"]["devices"]
-    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
+    # The CPU/dev LLM server answers under the same name, so RAGTUNE_LLM_BASE_URL fits either.
+    ragtune_llm = services["llm-ragtune"]
+    assert ragtune_llm["profiles"] == ["llm-ragtune"] and ragtune_llm["build"]["target"] == "llm"
+    assert ragtune_llm["build"]["args"]["TORCH_VARIANT"] == "cpu" and "reservations" not in ragtune_llm["deploy"]
+    assert ragtune_llm["networks"]["default"]["aliases"] == ["llm"]
+    assert services["ragtune"]["environment"]["RAGTUNE_LLM_BASE_URL"] == "http://llm:8001/v1"
     assert services["prometheus"]["profiles"] == services["grafana"]["profiles"] == ["monitoring"]
     assert services["milvus"]["command"] == ["milvus", "run", "standalone"]
     assert services["milvus"]["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
@@ -189,3 +197,48 @@ def test_the_documented_ingest_command_has_its_documents(config: dict) -> None:
     assert "docker compose run --rm ragtune ragtune ingest /data" in readme
     data = next(m for m in config["services"]["ragtune"]["volumes"] if m["target"] == "/data")
     assert data["read_only"] is True and Path(data["source"]).is_dir()
+
+
+def vllm_argv(tmp_path: Path, **env: str) -> tuple[list[str], dict]:
+    """The command line the gpu profile's `llm` container runs, with `env` in .env: its shell
+    command run by a real sh with a stand-in `vllm` that prints its arguments."""
+    env_file = tmp_path / "vllm.env"
+    env_file.write_text(ENV_EXAMPLE.read_text() + "".join(f"{k}={v}\n" for k, v in env.items()), encoding="utf-8")
+    result = compose("--profile", "gpu", "config", "--format", "json", env_file=env_file)
+    assert result.returncode == 0, result.stderr
+    service = json.loads(result.stdout)["services"]["llm"]
+    fake = tmp_path / "bin" / "vllm"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\nfor arg in "$@"; do printf "%s\\n" "$arg"; done\n', encoding="utf-8")
+    fake.chmod(0o755)
+    # Compose turns $$ into $ when it creates the container.
+    (script,) = service["command"]
+    shell = [*service["entrypoint"], script.replace("$$", "$")]
+    environment = {**service["environment"], "PATH": f"{fake.parent}:/usr/bin:/bin"}
+    ran = subprocess.run(shell, env=environment, capture_output=True, text=True, timeout=30, check=True)
+    return ran.stdout.splitlines(), service
+
+
+def vllm_serve(tensor_parallel: int) -> list[str]:
+    """`vllm serve` as the gpu profile runs it with .env.example's values, before any adapter."""
+    model = ["--model", "HuggingFaceTB/SmolLM2-135M-Instruct", "--served-model-name", "smollm2"]
+    server = ["--host", "0.0.0.0", "--port", "8001", "--tensor-parallel-size", str(tensor_parallel)]
+    return ["serve", *model, *server, "--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
+
+
+def test_the_gpu_profile_runs_vllm_with_tensor_parallel_gpus_and_every_adapter(tmp_path: Path) -> None:
+    adapters = "rag=/adapters/smollm2-rag/adapter legal=/adapters/legal/adapter"
+    argv, service = vllm_argv(tmp_path, LLM_TENSOR_PARALLEL="2", LLM_ADAPTERS=adapters, RAGTUNE_LLM_MODELS="rag,legal")
+    # One --lora-modules, then an argument per adapter: vLLM keeps only the last of repeated flags.
+    assert argv == [*vllm_serve(2), "--lora-modules", *adapters.split()]
+    (gpu,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["count"] == 2  # one GPU per tensor-parallel shard
+    mounts = {m["target"]: m for m in service["volumes"]}
+    assert mounts["/adapters"]["read_only"] is True and mounts["/adapters"]["source"] == str(REPO / "runs")
+    assert service["healthcheck"]["test"][-1].endswith("urlopen('http://127.0.0.1:8001/health')")
+    assert int(service["shm_size"]) >= 1 << 30
+
+
+def test_vllm_without_adapters_gets_no_lora_modules(tmp_path: Path) -> None:
+    argv, _ = vllm_argv(tmp_path)
+    assert argv == vllm_serve(1)  # --enable-lora stays: adapters can come with the next restart

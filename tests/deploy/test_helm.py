@@ -104,6 +104,19 @@ VARIANTS = {
         "ingress.enabled=true",
     ),
     "llm-network-policy": ("--set", "llm.enabled=true", "--set", "networkPolicy.enabled=true"),
+    "llm-vllm-tensor-parallel-adapters": (
+        "--set",
+        "llm.enabled=true",
+        "--set",
+        "llm.tensorParallel=4",
+        "--set",
+        "llm.adapters[0].name=rag",
+        "--set",
+        "llm.adapters[0].path=smollm2-rag/adapter",
+        "--set",
+        "llm.adapterStorage.existingClaim=ragtune-adapters",
+    ),
+    "llm-ragtune-engine-on-cpu": ("--set", "llm.enabled=true", "--set", "llm.engine=ragtune", "--set", "llm.gpus=0"),
 }
 
 
@@ -153,6 +166,13 @@ SCHEMA_VIOLATIONS = {
     "postgres-without-url": ({"postgresql": {"enabled": False}}, "at '/externalPostgresql/url'"),
     "index-job-without-documents": ({"indexing": {"job": {"enabled": True}}}, "at '/indexing/volume'"),
     "milvus-bad-image-policy": ({"milvus": {"image": {"all": {"pullPolicy": "Sometimes"}}}}, "pullPolicy"),
+    "llm-unknown-engine": ({"llm": {"engine": "sglang"}}, "at '/llm/engine': value must be one of 'vllm', 'ragtune'"),
+    "llm-no-tensor-parallel": ({"llm": {"tensorParallel": 0}}, "at '/llm/tensorParallel': minimum: got 0, want 1"),
+    "llm-lora-rank-vllm-refuses": ({"llm": {"maxLoraRank": 12}}, "at '/llm/maxLoraRank': value must be one of 1, 8"),
+    "llm-adapters-without-a-claim": (
+        {"llm": {"adapters": [{"name": "rag", "path": "smollm2-rag/adapter"}]}},
+        "at '/llm/adapterStorage/existingClaim'",
+    ),
 }
 
 TEMPLATE_FAILURES = {
@@ -173,6 +193,27 @@ TEMPLATE_FAILURES = {
         "needs api.resources.requests.cpu",
     ),
     "milvus-cluster-mode": ({"milvus": {"cluster": {"enabled": True}}}, "standalone-only stand-in"),
+    "llm-adapter-names-twice": (
+        {
+            "llm": {
+                "enabled": True,
+                "adapters": [{"name": "rag", "path": "a"}, {"name": "rag", "path": "b"}],
+                "adapterStorage": {"existingClaim": "ragtune-adapters"},
+            }
+        },
+        'the model name "rag" is used twice',
+    ),
+    "llm-adapters-on-the-ragtune-engine": (
+        {
+            "llm": {
+                "enabled": True,
+                "engine": "ragtune",
+                "adapters": [{"name": "rag", "path": "a"}],
+                "adapterStorage": {"existingClaim": "ragtune-adapters"},
+            }
+        },
+        "llm.adapters needs llm.engine=vllm",
+    ),
 }
 
 
@@ -424,14 +465,104 @@ def test_llm_is_off_by_default_and_on_a_gpu_node_when_enabled(
     assert f"{FULLNAME}-llm" not in default_render.names("Deployment")
     llm = production_render.get("Deployment", f"{FULLNAME}-llm")
     spec = pod_spec(llm)
-    (container,) = spec["containers"]
-    assert container["command"][:2] == ["ragtune", "serve-llm"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
     assert llm["spec"]["strategy"] == {"type": "Recreate"}
     service = production_render.get("Service", f"{FULLNAME}-llm")
     assert service["spec"]["selector"] == llm["spec"]["selector"]["matchLabels"]
+
+
+def flags(args: list[str]) -> dict[str, list[str]]:
+    """Each --flag of a command line with the values that follow it (none for a switch)."""
+    parsed: dict[str, list[str]] = {}
+    for arg in args:
+        if arg.startswith("--"):
+            assert arg not in parsed, f"{arg} given twice: the last one would win"
+            parsed[arg] = []
+        else:
+            parsed[next(reversed(parsed))].append(arg)
+    return parsed
+
+
+def test_vllm_serves_the_model_on_tensor_parallel_gpus_with_every_adapter(render, tmp_path: Path) -> None:
+    values = {
+        "llm": {
+            "enabled": True,
+            "servedModelName": "smollm2",
+            "tensorParallel": 4,
+            "adapters": [{"name": "rag", "path": "smollm2-rag/adapter"}, {"name": "legal", "path": "/legal/v2"}],
+            "adapterStorage": {"existingClaim": "ragtune-adapters", "mountPath": "/lora/"},
+            "maxLoras": 2,
+            "vllm": {"extraArgs": ["--max-model-len", "4096"]},
+        }
+    }
+    llm = render("-f", str(write_values(tmp_path, values))).get("Deployment", f"{FULLNAME}-llm")
+    spec = pod_spec(llm)
+    (container,) = spec["containers"]
+    assert container["image"] == "vllm/vllm-openai:v0.11.0"
+    assert container["command"] == ["vllm", "serve"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert flags(container["args"]) == {
+        "--model": ["HuggingFaceTB/SmolLM2-135M-Instruct"],
+        "--served-model-name": ["smollm2"],
+        "--host": ["0.0.0.0"],
+        "--port": [str(port)],
+        "--tensor-parallel-size": ["4"],
+        "--enable-lora": [],
+        "--max-loras": ["2"],
+        "--max-lora-rank": ["16"],
+        # One flag, one name=path per adapter: vLLM keeps only the last of repeated flags.
+        "--lora-modules": ["rag=/lora/smollm2-rag/adapter", "legal=/lora/legal/v2"],
+        "--max-model-len": ["4096"],
+    }
+    # One GPU per tensor-parallel shard, requested and limited alike.
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 4
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert mounts["adapters"] == {"name": "adapters", "mountPath": "/lora/", "readOnly": True}
+    assert volumes["adapters"]["persistentVolumeClaim"] == {"claimName": "ragtune-adapters", "readOnly": True}
+    assert mounts["dshm"]["mountPath"] == "/dev/shm" and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    # Caches go to the writable data volume: the root filesystem stays read-only.
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HOME"] == env["HF_HOME"].rsplit("/", 1)[0] == mounts["data"]["mountPath"]
+
+
+def test_vllm_without_adapters_mounts_no_claim(render) -> None:
+    (container,) = containers(render("--set", "llm.enabled=true").get("Deployment", f"{FULLNAME}-llm"))
+    args = flags(container["args"])
+    assert "--lora-modules" not in args and "--enable-lora" in args  # adapters can be added by an upgrade
+    assert args["--tensor-parallel-size"] == ["1"] and container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {m["name"] for m in container["volumeMounts"]} == {"tmp", "data", "dshm"}
+
+
+def test_production_points_the_api_at_vllm_and_allows_its_adapters(production_render: Rendered) -> None:
+    values = yaml.safe_load(PROD_VALUES.read_text())["llm"]
+    data = production_render.get("ConfigMap", FULLNAME)["data"]
+    service = production_render.get("Service", f"{FULLNAME}-llm")
+    assert data["RAGTUNE_GENERATOR"] == "openai"
+    assert (
+        data["RAGTUNE_LLM_BASE_URL"] == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/v1"
+    )
+    (container,) = containers(production_render.get("Deployment", f"{FULLNAME}-llm"))
+    args = flags(container["args"])
+    # The names the API lets requests choose are the ones vLLM serves.
+    assert args["--served-model-name"] == [data["RAGTUNE_LLM_MODEL"]]
+    assert app_value("llm_models", data["RAGTUNE_LLM_MODELS"]) == [a["name"] for a in values["adapters"]]
+    assert [m.split("=")[0] for m in args["--lora-modules"]] == [a["name"] for a in values["adapters"]]
+
+
+@pytest.mark.parametrize("gpus", [1, 0])
+def test_the_ragtune_engine_still_runs_serve_llm(render, gpus: int) -> None:
+    rendered = render("--set", "llm.enabled=true", "--set", "llm.engine=ragtune", "--set", f"llm.gpus={gpus}")
+    (container,) = containers(rendered.get("Deployment", f"{FULLNAME}-llm"))
+    assert container["image"] == "ragtune-llm:0.1.0"
+    assert container["command"] == ["ragtune", "serve-llm", "--host", "0.0.0.0", "--port", "8001"]
+    assert container["startupProbe"]["tcpSocket"] == {"port": "http"}
+    assert container["resources"]["limits"].get("nvidia.com/gpu") == (gpus or None)
+    assert {m["name"] for m in container["volumeMounts"]} == {"tmp", "data"}
 
 
 @pytest.mark.parametrize("kind", ["Job", "CronJob"])

@@ -295,6 +295,7 @@ class ScriptedLLM:
     holds before its last part until the test releases it."""
 
     name = "scripted"
+    model_names = ()
     HEAD = ("## Rotation\n\n", "Rotate the **API keys** every *90 days* [1", "].\n\n- first `ragtune keys create`\n")
     TAIL = (
         "- then revoke the old key [2]\n\n",
@@ -307,10 +308,10 @@ class ScriptedLLM:
         self.questions: list[str] = []
         self.gates: list[threading.Event] = []
 
-    def generate(self, question, hits) -> Generation:
+    def generate(self, question, hits, model=None) -> Generation:
         return Generation("".join(self.HEAD + self.TAIL))
 
-    def stream(self, question, hits):
+    def stream(self, question, hits, model=None):
         self.questions.append(question)
         gate = threading.Event()
         self.gates.append(gate)

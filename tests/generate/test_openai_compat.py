@@ -129,6 +129,18 @@ def test_openai_sse_wire_format(server):
     assert chunks[-1]["usage"]["completion_tokens"] == 4 and chunks[-1]["choices"] == []
 
 
+def test_a_client_that_leaves_a_stream_early_does_not_hold_the_model(server):
+    # The decoding generator of an abandoned stream used to stay suspended holding the
+    # model's lock: every request after it waited forever.
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64, "stream": True}
+    for _ in range(2):
+        with httpx.stream("POST", f"{server}/chat/completions", json=body, timeout=30) as response:
+            next(line for line in response.iter_lines() if line.startswith("data: "))
+    body |= {"stream": False, "max_tokens": 4, "temperature": 0}
+    response = httpx.post(f"{server}/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4
+
+
 def test_unknown_model_names_the_served_ones(server):
     generator = OpenAICompatGenerator(server, "gpt-9", max_retries=0)
     with pytest.raises(LLMServerError, match=r"does not serve model 'gpt-9'.*it serves: tiny-llama.*RAGTUNE_LLM_MODEL"):

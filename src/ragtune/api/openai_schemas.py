@@ -31,7 +31,11 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(examples=["ragtune"])
+    model: str = Field(
+        examples=["ragtune"],
+        description="One of GET /v1/models: 'ragtune' (the default model) or a name of RAGTUNE_LLM_MODELS "
+        "(e.g. a LoRA adapter vLLM serves), which then writes the answer.",
+    )
     messages: list[ChatMessage] = Field(min_length=1, max_length=200)
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, le=1_000_000)

@@ -7,6 +7,10 @@ proper HTTP error rather than a stream that breaks off. The events of POST /v1/q
 the whole response (citations, retrieved chunks, timings); a failure after the first byte
 is an ``error`` event with the usual error body.
 
+A request's ``model`` picks the LLM that writes the answer: ``ragtune`` (the name this service
+advertises) or none means the generator's default (RAGTUNE_LLM_MODEL), another name must be one
+of the generator's `model_names` (RAGTUNE_LLM_MODELS), else the request is a 400 naming them.
+
     >>> from ragtune.api.query_service import tokens, sse
     >>> tokens("Milvus stores vectors [1].")
     ['Milvus ', 'stores ', 'vectors ', '[1].']
@@ -114,12 +118,13 @@ class QueryService:
     # --- POST /v1/query ------------------------------------------------------------------
     # `collections` is what the caller may read (`Filters.collections`; () only for full access).
     def query(self, request: QueryRequest, owner: str = "", collections: tuple[str, ...] = ()) -> QueryResponse:
-        filters = self._filters(request, collections)  # a bad filter fails before any work
+        filters = self._filters(request, collections)  # a bad filter or model fails before any work
+        model = self._model(request.model)
         history, replace_seq = self._history(request, owner)
         if request.retrieve_only:
             return self._retrieve(request, history, filters)
         mode = self._mode(request)
-        *_, answer = self._start(request.question, request, mode, history, filters)
+        *_, answer = self._start(request.question, request, mode, history, filters, model)
         assert isinstance(answer, Answer)  # the stream's last item
         self._observe(answer, mode)
         self._remember(request, answer, owner, replace_seq)
@@ -129,8 +134,9 @@ class QueryService:
         """The SSE stream: token…, done; started (see the module docstring) before returning."""
         mode = self._mode(request)
         filters = self._filters(request, collections)
+        model = self._model(request.model)
         history, replace_seq = self._history(request, owner)
-        items = self._start(request.question, request, mode, history, filters)
+        items = self._start(request.question, request, mode, history, filters, model)
 
         def events() -> Iterator[str]:
             try:
@@ -157,7 +163,10 @@ class QueryService:
     def chat(self, request: ChatCompletionRequest, collections: tuple[str, ...] = ()) -> ChatCompletion:
         self.probe.require()
         filters = self._filters(None, collections)
-        answer = self.rag.ask(request.question(), filters=filters, history=self._chat_history(request, collections))
+        model = self._model(request.model)
+        answer = self.rag.ask(
+            request.question(), filters=filters, history=self._chat_history(request, collections), model=model
+        )
         self._observe(answer, self.default_mode)
         citations = citations_of(answer)
         full = answer.text + sources_block(citations)
@@ -185,8 +194,14 @@ class QueryService:
         written, then its source list), a final chunk with finish_reason and the citations,
         and ``data: [DONE]``."""
         mode = self.default_mode
+        model = self._model(request.model)
         items = self._start(
-            request.question(), None, mode, self._chat_history(request, collections), self._filters(None, collections)
+            request.question(),
+            None,
+            mode,
+            self._chat_history(request, collections),
+            self._filters(None, collections),
+            model,
         )
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         budget = _WordBudget(request.max_completion_tokens or request.max_tokens)
@@ -234,6 +249,7 @@ class QueryService:
         mode: RetrievalMode,
         history: list[Turn],
         filters: Filters | None,
+        model: str | None,
     ) -> Iterable[str | Answer]:
         """RagPipeline.stream, advanced to its first item so that its early failures raise here."""
         self.probe.require()
@@ -245,6 +261,7 @@ class QueryService:
             history=history,
             min_relevance=request.min_relevance if request else None,
             multi_query=request.multi_query if request else False,
+            model=model,
         )
         first = next(items)
         return itertools.chain([first], items)
@@ -324,6 +341,28 @@ class QueryService:
         self.metrics.retrieval.labels(mode=mode).observe(answer.timings_ms["retrieve"] / 1000)
         self.metrics.generation.labels(generator=generator).observe(answer.timings_ms["generate"] / 1000)
         self.metrics.generation_tokens.labels(generator=generator).inc(completion_tokens(answer))
+
+    def models(self) -> list[str]:
+        """The names a request's `model` may take: this service's own (the default model), then the generator's."""
+        return list(dict.fromkeys([MODEL_ID, *self.rag.generator.model_names]))
+
+    def _model(self, name: str | None) -> str | None:
+        """The generator model a request's `model` names (None: the default); 400 `model_not_found` otherwise."""
+        generator = self.rag.generator
+        if not name or name == MODEL_ID:
+            return None
+        if name in generator.model_names:
+            return name
+        allowed = ", ".join(repr(m) for m in self.models())
+        if generator.model_names:
+            how = "RAGTUNE_LLM_MODEL and RAGTUNE_LLM_MODELS name them"
+        else:
+            how = f"the {generator.name} generator has one model; RAGTUNE_GENERATOR=openai with RAGTUNE_LLM_MODELS routes by name"
+        raise ApiError(
+            400,
+            "model_not_found",
+            f"model {name!r} is not served here; choose one of {allowed} ({how}; GET /v1/models)",
+        )
 
     def _mode(self, request: QueryRequest | None) -> RetrievalMode:
         return (request.mode if request else None) or self.default_mode

@@ -256,6 +256,12 @@ class QueryRequest(StrictModel):
     multi_query: bool = Field(
         False, description="Also search the LLM's paraphrases of the question and fuse the rankings (LLM backends)."
     )
+    model: str | None = Field(
+        None,
+        max_length=255,
+        description="The model that writes the answer, one of GET /v1/models (e.g. a LoRA adapter "
+        "vLLM serves, listed in RAGTUNE_LLM_MODELS); default RAGTUNE_LLM_MODEL.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> QueryRequest:

@@ -306,7 +306,7 @@ def serve_llm(
         torch.set_num_threads(settings.torch_threads)
     _configure_logging()
     try:
-        lm = LocalLM.load(llm.model, llm.adapter, llm.quant)
+        lm = LocalLM.load(llm.model, llm.adapter, llm.quant, tensor_parallel=llm.tensor_parallel)
     except (ModelNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     app_ = create_llm_app(lm, served_model_name, llm.max_new_tokens)

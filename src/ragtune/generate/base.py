@@ -37,11 +37,16 @@ class Generation:
 
 
 class Generator(Protocol):
-    """Writes an answer to `question` from `hits`, citing them as [1]..[len(hits)]."""
+    """Writes an answer to `question` from `hits`, citing them as [1]..[len(hits)].
+
+    `model_names` are the models a caller may choose between by name (an LLM server's base
+    model and LoRA adapters); ``model`` is one of them, or None for the generator's default.
+    A generator with a single model it cannot name (extractive, local) has none."""
 
     name: str
+    model_names: tuple[str, ...]
 
-    def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+    def generate(self, question: str, hits: list[Hit], model: str | None = None) -> Generation: ...
 
 
 @runtime_checkable
@@ -81,10 +86,13 @@ class StreamingGenerator(Protocol):
     """
 
     name: str
+    model_names: tuple[str, ...]
 
-    def generate(self, question: str, hits: list[Hit]) -> Generation: ...
+    def generate(self, question: str, hits: list[Hit], model: str | None = None) -> Generation: ...
 
-    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]: ...
+    def stream(
+        self, question: str, hits: list[Hit], model: str | None = None
+    ) -> PyGenerator[str, None, Generation]: ...
 
 
 class CitationStream:

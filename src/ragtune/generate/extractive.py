@@ -247,6 +247,7 @@ class ExtractiveAnswerer:
     """
 
     name = "extractive"
+    model_names: tuple[str, ...] = ()  # no model to choose: `model` is always None
 
     def __init__(
         self,
@@ -323,7 +324,7 @@ class ExtractiveAnswerer:
             scored.append(ScoredSentence(text, number, position, context, lex, float(sem), score))
         return sorted(scored, key=lambda s: s.score, reverse=True)
 
-    def generate(self, question: str, hits: list[Hit]) -> Generation:
+    def generate(self, question: str, hits: list[Hit], model: str | None = None) -> Generation:
         scored = self.score_sentences(question, hits)
         if not scored or self._relevance(scored[0]) < self.min_relevance:
             return Generation(NOT_FOUND, abstained=True)
@@ -334,7 +335,7 @@ class ExtractiveAnswerer:
         chosen = sorted(statements[: self.max_sentences], key=lambda s: (s.hit_number, s.position))
         return Generation(" ".join(f"{self._quote(s, chosen)} [{s.hit_number}]" for s in chosen))
 
-    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
+    def stream(self, question: str, hits: list[Hit], model: str | None = None) -> PyGenerator[str, None, Generation]:
         """The same answer as `generate`, yielded a few words at a time (the answer is
         computed at once; streaming it keeps one code path for every generator)."""
         generation = self.generate(question, hits)

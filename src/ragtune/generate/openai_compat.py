@@ -5,11 +5,17 @@ Retries with exponential backoff on 429, 5xx and connection failures (honouring
 ``Retry-After``); streams over server-sent events; returns the server's token usage.
 Failures raise `LLMServerError` with a message that says what to change.
 
+An answer may be written by another served model than the default, chosen by name: vLLM
+serves each LoRA adapter of ``--lora-modules`` as a model of its own, so ``models`` (the
+names a caller may choose, RAGTUNE_LLM_MODELS) routes a question to an adapter.
+
     from ragtune.generate.openai_compat import OpenAICompatGenerator
 
     generator = OpenAICompatGenerator("http://127.0.0.1:8001/v1", model="SmolLM2-135M-Instruct.Q4_1")
     generation = generator.generate("Who created Milvus?", hits)
     generation.text, generation.usage  # ('Zilliz [1].', {'prompt_tokens': 212, ...})
+    generator = OpenAICompatGenerator("http://vllm:8001/v1", model="smollm2", models=["rag"])
+    generator.generate("Who created Milvus?", hits, model="rag")  # written by the adapter "rag"
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Generator as PyGenerator
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,6 +58,7 @@ class OpenAICompatGenerator:
         temperature: float = 0.0,
         context_tokens: int = 2048,
         backoff_seconds: float = 0.5,
+        models: Sequence[str] = (),
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL such as http://127.0.0.1:8001/v1; got {base_url!r}")
@@ -59,6 +66,8 @@ class OpenAICompatGenerator:
             raise ValueError(f"max_retries must be >= 0; got {max_retries}")
         self.base_url = base_url.rstrip("/")
         self.model = model
+        # An empty default (the server's first model) has no name to be chosen by until asked.
+        self.model_names = tuple(dict.fromkeys(name for name in (model, *models) if name))
         self.max_retries = max_retries
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -81,6 +90,7 @@ class OpenAICompatGenerator:
             settings.max_new_tokens,
             settings.temperature,
             settings.context_tokens,
+            models=settings.models,
         )
 
     def close(self) -> None:
@@ -147,7 +157,7 @@ class OpenAICompatGenerator:
             served = ", ".join(self.models()) or "none listed"
             return LLMServerError(
                 f"the LLM server at {self.base_url} does not serve model {model!r} ({message}); "
-                f"it serves: {served}. Set RAGTUNE_LLM_MODEL to one of them"
+                f"it serves: {served}. Set RAGTUNE_LLM_MODEL (and RAGTUNE_LLM_MODELS) to names it serves"
             )
         return LLMServerError(f"the LLM server at {self.base_url} answered HTTP {response.status_code}: {message}")
 
@@ -175,10 +185,11 @@ class OpenAICompatGenerator:
         stream: bool,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        model: str | None = None,
     ) -> PyGenerator[str, None, tuple[str, dict[str, int]]]:
-        """Yield text deltas of the reply to `messages`; return (text, usage)."""
+        """Yield text deltas of the reply to `messages` by `model` (None: the default); return (text, usage)."""
         body: dict[str, Any] = {
-            "model": self._model(),
+            "model": model or self._model(),
             "messages": messages,
             "max_tokens": max_tokens or self.max_new_tokens,
             "temperature": self.temperature if temperature is None else temperature,
@@ -211,22 +222,24 @@ class OpenAICompatGenerator:
                         yield delta
             return "".join(parts), usage
 
-    def _answer(self, question: str, hits: list[Hit], stream: bool) -> PyGenerator[str, None, Generation]:
+    def _answer(
+        self, question: str, hits: list[Hit], stream: bool, model: str | None
+    ) -> PyGenerator[str, None, Generation]:
         prompt = render_prompt(question, hits, None, self.context_tokens, self.max_new_tokens)
-        text, usage = yield from self.chat(prompt.messages, stream)
+        text, usage = yield from self.chat(prompt.messages, stream, model=model)
         if is_refusal(text):
             return Generation(NOT_FOUND, abstained=True, usage=usage)
         return Generation(text.strip(), usage=usage)
 
-    def stream(self, question: str, hits: list[Hit]) -> PyGenerator[str, None, Generation]:
-        return (yield from self._answer(question, hits, stream=True))
+    def stream(self, question: str, hits: list[Hit], model: str | None = None) -> PyGenerator[str, None, Generation]:
+        return (yield from self._answer(question, hits, True, model))
 
     def complete(self, messages: list[dict[str, str]], max_new_tokens: int) -> str:
         text, _usage = run_to_end(self.chat(messages, stream=False, max_tokens=max_new_tokens, temperature=0.0))
         return text
 
-    def generate(self, question: str, hits: list[Hit]) -> Generation:
-        return run_to_end(self._answer(question, hits, stream=False))
+    def generate(self, question: str, hits: list[Hit], model: str | None = None) -> Generation:
+        return run_to_end(self._answer(question, hits, False, model))
 
 
 def _content(message: dict[str, Any]) -> str:

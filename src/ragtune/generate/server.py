@@ -20,14 +20,15 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any, Literal
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from ragtune.generate.local import Completion, LocalLM, SamplingParams
 
@@ -106,7 +107,8 @@ def create_llm_app(lm: LocalLM, model_name: str | None = None, default_max_token
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             return StreamingResponse(
-                _sse(lm, prompt, params, completion_id, served, include_usage), media_type="text/event-stream"
+                _closing(_sse(lm, prompt, params, completion_id, served, include_usage)),
+                media_type="text/event-stream",
             )
         completion: Completion = await run_in_threadpool(lm.complete, prompt, params)
         return JSONResponse(
@@ -129,13 +131,29 @@ def create_llm_app(lm: LocalLM, model_name: str | None = None, default_max_token
     return app
 
 
+async def _closing(events: Generator[str, None, None]) -> AsyncIterator[str]:
+    """``events`` decoded in Starlette's thread pool, and closed when the response ends.
+
+    Starlette never closes a sync iterator it streams: when a client disconnects, the
+    decoding generator would stay suspended holding the model's lock, and every later
+    request would wait on it forever (and a tensor-parallel follower mid-request with it).
+    Closing it, in a thread as it may finish decoding, frees the model.
+    """
+    try:
+        async for event in iterate_in_threadpool(events):
+            yield event
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(events.close)
+
+
 def _sse(
     lm: LocalLM, prompt: str, params: SamplingParams, completion_id: str, model: str, include_usage: bool
-) -> Iterator[str]:
+) -> Generator[str, None, None]:
     """The chunks of a streamed completion as server-sent events, then ``[DONE]``.
 
-    A plain (sync) iterator: Starlette runs it in its thread pool, so decoding does not
-    block the event loop, and a client that disconnects closes it (and frees the model).
+    A plain (sync) iterator, run in the thread pool so decoding does not block the event
+    loop (`_closing`).
     """
     created = int(time.time())
 

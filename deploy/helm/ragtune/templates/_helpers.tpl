@@ -121,6 +121,17 @@ app.kubernetes.io/part-of: ragtune
 {{- if and (or .Values.indexing.job.enabled .Values.indexing.cronJob.enabled) (not .Values.indexing.volume) -}}
 {{- fail "indexing.job / indexing.cronJob need indexing.volume: the pod volume holding the documents (e.g. {persistentVolumeClaim: {claimName: documents, readOnly: true}})" -}}
 {{- end -}}
+{{- $llm := .Values.llm -}}
+{{- if and $llm.enabled $llm.adapters (ne $llm.engine "vllm") -}}
+{{- fail (printf "llm.adapters needs llm.engine=vllm: engine %s serves one model (give `ragtune serve-llm` its adapter as RAGTUNE_LLM_ADAPTER in llm.extraEnv)" $llm.engine) -}}
+{{- end -}}
+{{- $names := list (default $llm.model $llm.servedModelName) -}}
+{{- range $llm.adapters -}}
+{{- if has .name $names -}}
+{{- fail (printf "llm.adapters: the model name %q is used twice (adapters and the base model's servedModelName each need their own)" .name) -}}
+{{- end -}}
+{{- $names = append $names .name -}}
+{{- end -}}
 {{- end -}}
 
 {{/* ---- pod pieces shared by every ragtune workload --------------------------------------- */}}

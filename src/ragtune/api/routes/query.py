@@ -9,9 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from ragtune.api.access import KeyScope, KeyScopeDep, search_scope
 from ragtune.api.deps import OwnerDep, Services, ServicesDep
-from ragtune.api.errors import ApiError
 from ragtune.api.openai_schemas import ChatCompletion, ChatCompletionRequest, ModelCard, ModelList
-from ragtune.api.query_service import MODEL_ID
 from ragtune.api.schemas import ErrorResponse, QueryRequest, QueryResponse
 
 router = APIRouter(prefix="/v1")
@@ -54,7 +52,8 @@ def query(
     is a follow-up: rewritten into a standalone one (`rewritten_question`) from the turns
     before it, and stored as the conversation's next turn (a streamed answer when its `done`
     event is sent: one stopped before that is not stored). With `collection` only that
-    collection is searched, else every collection the API key holds."""
+    collection is searched, else every collection the API key holds. `model` picks the LLM
+    that writes the answer among GET /v1/models (400 for another)."""
     return answer(services, owner, scope, request)
 
 
@@ -64,11 +63,9 @@ def chat_completions(
 ) -> ChatCompletion | StreamingResponse:
     """OpenAI Chat Completions: the last user message is answered from the documents, as a
     follow-up of the messages before it, with a source list in the text and the citations
-    in `citations`. `collection` (a ragtune extension) limits it to one collection."""
-    if request.model != MODEL_ID:
-        raise ApiError(
-            404, "model_not_found", f"model {request.model!r} does not exist; use model {MODEL_ID!r} (GET /v1/models)"
-        )
+    in `citations`. `collection` (a ragtune extension) limits it to one collection. `model`:
+    'ragtune' (the default model) or another name of GET /v1/models, which then writes the
+    answer (400 for a name not listed)."""
     collections = searched(services, scope, request.collection)
     if request.stream:
         return StreamingResponse(
@@ -79,4 +76,7 @@ def chat_completions(
 
 @router.get("/models", response_model=ModelList, tags=["openai"])
 def models(services: ServicesDep) -> ModelList:
-    return ModelList(data=[ModelCard(id=MODEL_ID, created=int(services.started_at))])
+    """The names `model` may take: 'ragtune' (the default model), then RAGTUNE_LLM_MODEL and
+    RAGTUNE_LLM_MODELS with the openai generator."""
+    created = int(services.started_at)
+    return ModelList(data=[ModelCard(id=name, created=created) for name in services.queries.models()])
