@@ -59,6 +59,11 @@ def test_zero3_with_params_and_optimizer_on_nvme_matches_the_run_holding_them_in
         "deepspeed": 3,
         "lora_dropout": 0.0,
         "save_every": 0,
+        # bf16 matmuls are slow on this CPU: 2 steps of 2 examples keep the test short.
+        "global_batch": 2,
+        "micro_batch": 1,
+        "max_steps": 2,
+        "eval_fraction": 0.0,
     }
     # The baseline offloads to CPU memory: both runs then step DeepSpeed's CPU Adam, and only
     # where the tensors wait between uses differs. (Against ragtune's torch AdamW without
@@ -79,7 +84,7 @@ def test_zero3_with_params_and_optimizer_on_nvme_matches_the_run_holding_them_in
             ds = json.loads((config.output_dir / "deepspeed.json").read_text())
             assert ds["zero_optimization"]["offload_param"]["device"] == "nvme"
 
-    assert len(losses["nvme"]) == len(losses["in-memory"]) == 4
+    assert len(losses["nvme"]) == len(losses["in-memory"]) == 2
     assert max(abs(a - b) for a, b in zip(losses["nvme"], losses["in-memory"])) <= 1e-4
     params = sorted(p.name for p in swap.glob("zero_stage_3/*params/rank0/*.swp"))
     optimizer = sorted(p.name for p in swap.glob("zero_stage_3/optimizer/rank0/*.swp"))

@@ -80,7 +80,8 @@ def test_codes_and_absmax_equal_bitsandbytes(
     assert torch.equal(state.absmax, ref_state.absmax)
     out = dequantize_nf4(packed, state)
     assert out.shape == w.shape and out.dtype == dtype
-    assert torch.equal(out, bnbf.dequantize_4bit(ref_packed, ref_state))
+    # bitsandbytes 0.50.2 returns a 1-D weight of blocksize 4096 as (1, n) on some CPUs: compare values.
+    assert torch.equal(out, bnbf.dequantize_4bit(ref_packed, ref_state).reshape(w.shape))
 
 
 def test_high_nibble_holds_the_first_code() -> None:

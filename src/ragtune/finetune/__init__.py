@@ -3,9 +3,10 @@
 Stages: `batch_plan` (the global-batch rule), `config` (the run's YAML), `data` (RAG-shaped
 examples in the generator's own prompt, built once per run), `qlora` (NF4/bitsandbytes
 base + PEFT LoRA), `trainer` (the `Trainer` recipe: the loop, exact accumulation),
-`backends` (plain PyTorch or DeepSpeed under the loop), `checkpoint` (layout and resume
-checks), `metrics_log` (metrics.jsonl, loss.png), `deepspeed` (processes and the
-DeepSpeed config), `export` (merge).
+`backends` (plain PyTorch or DeepSpeed under the loop), `pipeline` (DeepSpeed's pipeline
+engine over the model's stages), `loss` (the summed token loss both compute), `checkpoint`
+(layout and resume checks), `metrics_log` (metrics.jsonl, loss.png), `deepspeed` (processes
+and the DeepSpeed config), `export` (merge).
 """
 
 from ragtune.finetune.batch_plan import BatchPlan, BatchPlanError, plan_batch

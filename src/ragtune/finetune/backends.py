@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -27,9 +27,6 @@ from ragtune.finetune.batch_plan import BatchPlan
 from ragtune.finetune.config import FinetuneConfig
 from ragtune.finetune.deepspeed import Processes, deepspeed_config
 from ragtune.finetune.qlora import TrainableModel
-
-if TYPE_CHECKING:
-    from ragtune.finetune.pipeline import PipelineBackend
 
 __all__ = ["Backend", "DeepSpeedBackend", "TorchBackend", "lr_factor", "make_backend", "make_optimizer"]
 
@@ -202,12 +199,9 @@ class DeepSpeedBackend:
 
 def make_backend(
     config: FinetuneConfig, plan: BatchPlan, trainable: TrainableModel, processes: Processes
-) -> TorchBackend | DeepSpeedBackend | PipelineBackend:
-    """The backend the config asks for (``deepspeed: 0`` = plain PyTorch)."""
-    if config.pipeline_parallel > 1:
-        from ragtune.finetune.pipeline import PipelineBackend
-
-        return PipelineBackend(config, plan, trainable, processes)
+) -> TorchBackend | DeepSpeedBackend:
+    """The backend the config asks for (``deepspeed: 0`` = plain PyTorch; a pipeline run
+    builds `pipeline.PipelineBackend` instead)."""
     if config.deepspeed:
         return DeepSpeedBackend(config, plan, trainable, processes)
     return TorchBackend(config, trainable, processes)

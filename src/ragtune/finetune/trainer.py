@@ -279,7 +279,11 @@ class Trainer:
                 f"examples: {c['train']} train, {c['eval']} held out, {c['too_long']} dropped (cited chunk over max_seq_len)"
             )
         self.sampler = StepSampler(len(self.train_set), self.plan.global_batch, config.seed, config.shuffle)
-        self.backend = make_backend(config, self.plan, trainable, processes)
+        self.backend = (
+            PipelineBackend(config, self.plan, trainable, processes)
+            if config.pipeline_parallel > 1
+            else make_backend(config, self.plan, trainable, processes)
+        )
         if checkpoint is not None:
             self.load(checkpoint)
             if processes.is_main:
