@@ -28,7 +28,15 @@ from ragtune.finetune.config import FinetuneConfig
 from ragtune.finetune.deepspeed import Processes, deepspeed_config
 from ragtune.finetune.qlora import TrainableModel
 
-__all__ = ["Backend", "DeepSpeedBackend", "TorchBackend", "lr_factor", "make_backend", "make_optimizer"]
+__all__ = [
+    "Backend",
+    "DeepSpeedBackend",
+    "DeepSpeedEngineState",
+    "TorchBackend",
+    "lr_factor",
+    "make_backend",
+    "make_optimizer",
+]
 
 ADAPTER_FILE = "adapter_model.safetensors"  # PEFT's name for the LoRA weights
 
@@ -135,43 +143,18 @@ class TorchBackend:
             self.module.save_pretrained(directory)
 
 
-class DeepSpeedBackend:
-    """A DeepSpeed engine (ZeRO stage 1-3): it all-reduces the gradients, clips, steps the
-    optimizer and schedule, and partitions what the stage partitions."""
+class DeepSpeedEngineState:
+    """What every DeepSpeed engine backend shares: the engine (``module``) owns the learning
+    rate, the gradient norm of the last update and its own (sharded) checkpoint."""
 
-    def __init__(
-        self, config: FinetuneConfig, plan: BatchPlan, trainable: TrainableModel, processes: Processes
-    ) -> None:
-        import deepspeed
-
-        self.peft_model, self.processes, self.plan = trainable.model, processes, plan
-        self.data_parallel_rank = processes.rank
-        params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        ds_config = deepspeed_config(config, plan, trainable.compute_dtype)
-        # ragtune's own optimizer, unless ZeRO-Offload needs DeepSpeed's CPU Adam (built from ds_config).
-        client_optimizer = None if config.offload_optimizer != "none" else make_optimizer(config, params)
-        self.module, _, _, _ = deepspeed.initialize(
-            model=self.peft_model,
-            model_parameters=params,
-            optimizer=client_optimizer,
-            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config)),
-            config=ds_config,
-        )
-        if processes.is_main:
-            (config.output_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+    module: Any
 
     @property
     def lr(self) -> float:
         return float(self.module.get_lr()[0])
 
-    def backward(self, token_loss: torch.Tensor, step_tokens: int) -> None:
-        # DeepSpeed divides what backward() gets by grad_accum_steps and averages gradients
-        # over processes: multiplying by both first leaves the weight 1 / step_tokens.
-        self.module.backward(token_loss * (self.plan.grad_accum_steps * self.plan.data_parallel / step_tokens))
-        self.module.step()  # counts the micro-batch; the engine updates at the accumulation boundary
-
     def step(self) -> float | None:
-        grad_norm = self.module.get_global_grad_norm()  # the update already ran in the last backward()
+        grad_norm = self.module.get_global_grad_norm()  # the engine already updated
         return None if grad_norm is None else float(grad_norm)
 
     def save(self, directory: Path, step: int) -> dict[str, Any]:
@@ -184,15 +167,59 @@ class DeepSpeedBackend:
     def load(self, directory: Path, state: dict[str, Any]) -> None:
         self.module.load_checkpoint(str(directory), tag="deepspeed", load_module_strict=False)
 
+
+class DeepSpeedBackend(DeepSpeedEngineState):
+    """A DeepSpeed engine (ZeRO stage 1-3): it all-reduces the gradients, clips, steps the
+    optimizer and schedule, and partitions what the stage partitions."""
+
+    def __init__(
+        self, config: FinetuneConfig, plan: BatchPlan, trainable: TrainableModel, processes: Processes
+    ) -> None:
+        import deepspeed
+
+        self.peft_model, self.processes, self.plan = trainable.model, processes, plan
+        self.data_parallel_rank = processes.rank
+        params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        ds_config = deepspeed_config(config, plan, trainable.compute_dtype)
+        if config.offload_params == "nvme":
+            # Each of ZeRO-Infinity's swap buffers must hold the largest parameter; DeepSpeed's
+            # default (1e8 elements) allocates ~1 GB of them however small the model is, which
+            # made the NVMe run's peak memory 1.7x the in-memory run's (BENCHMARKS.md).
+            largest = max(p.numel() for p in self.peft_model.parameters())
+            aligned = -(-largest // 2**20) * 2**20  # room for the padding DeepSpeed adds for direct I/O
+            ds_config["zero_optimization"]["offload_param"]["buffer_size"] = aligned
+        # ragtune's own optimizer, unless ZeRO-Offload needs DeepSpeed's CPU Adam (built from ds_config).
+        client_optimizer = None if config.offload_optimizer != "none" else make_optimizer(config, params)
+        self.module, _, _, _ = deepspeed.initialize(
+            model=self.peft_model,
+            model_parameters=params,
+            optimizer=client_optimizer,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(config)),
+            config=ds_config,
+        )
+        if processes.is_main:
+            (config.output_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=2))
+
+    def backward(self, token_loss: torch.Tensor, step_tokens: int) -> None:
+        # DeepSpeed divides what backward() gets by grad_accum_steps and averages gradients
+        # over processes: multiplying by both first leaves the weight 1 / step_tokens.
+        self.module.backward(token_loss * (self.plan.grad_accum_steps * self.plan.data_parallel / step_tokens))
+        self.module.step()  # counts the micro-batch; the engine updates at the accumulation boundary
+
     def save_adapter(self, directory: Path) -> None:
         if self.module.zero_optimization_stage() == 3:
             import deepspeed
 
-            # ZeRO-3 shards the parameters: gather them (on every rank) before rank 0 writes.
-            params = [p for p in self.peft_model.parameters() if p.requires_grad]
-            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-                if self.processes.is_main:
-                    self.peft_model.save_pretrained(directory)
+            # ZeRO-3 shards the parameters: gather them (on every rank) before rank 0 writes,
+            # one at a time, since ZeRO-Infinity has only a few swap buffers to bring
+            # parameters back from NVMe ("Not enough swap in buffers 5 for 6 params").
+            weights = {}
+            for name, param in self.peft_model.named_parameters():
+                if param.requires_grad:
+                    with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                        weights[name] = param.detach().cpu().clone()
+            if self.processes.is_main:
+                self.peft_model.save_pretrained(directory, state_dict=weights)
         elif self.processes.is_main:
             self.peft_model.save_pretrained(directory)
 

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ragtune.finetune.backends import DeepSpeedEngineState, lr_factor, make_optimizer
 from ragtune.finetune.batch_plan import BatchPlan
 from ragtune.finetune.config import ConfigError, FinetuneConfig
 from ragtune.finetune.deepspeed import Processes, deepspeed_config
@@ -105,7 +106,7 @@ def pipeline_layers(peft_model: Any) -> list[nn.Module]:
     ]
 
 
-class PipelineBackend:
+class PipelineBackend(DeepSpeedEngineState):
     """A DeepSpeed `PipelineEngine` over the model's stages (ZeRO stage 0 or 1). Its step is
     `train_batch`: the trainer hands it all of a step's micro-batches at once."""
 
@@ -114,8 +115,6 @@ class PipelineBackend:
     ) -> None:
         import deepspeed
         from deepspeed.pipe import PipelineModule
-
-        from ragtune.finetune.backends import lr_factor, make_optimizer
 
         self.peft_model, self.processes, self.plan = trainable.model, processes, plan
         layers = pipeline_layers(self.peft_model)
@@ -165,10 +164,6 @@ class PipelineBackend:
             inputs = (batch["input_ids"], batch["attention_mask"], batch["position_ids"], window)
             yield inputs, (batch["labels"], window)
 
-    @property
-    def lr(self) -> float:
-        return float(self.module.get_lr()[0])
-
     def train_batch(self, batches: Sequence[dict[str, torch.Tensor]], step_tokens: int) -> float:
         """Forward and backward the step's micro-batches through the stages and update;
         returns the summed token loss this process computed (the last stage's; 0 elsewhere)."""
@@ -184,19 +179,6 @@ class PipelineBackend:
         self.module.eval_batch(self._batches(batches), num_micro_batches=len(batches))
         self.module.train()
         return self._loss_sum
-
-    def step(self) -> float | None:
-        grad_norm = self.module.get_global_grad_norm()  # train_batch already updated
-        return None if grad_norm is None else float(grad_norm)
-
-    def save(self, directory: Path, step: int) -> dict[str, Any]:
-        self.module.save_checkpoint(
-            str(directory), tag="deepspeed", client_state={"step": step}, exclude_frozen_parameters=True
-        )
-        return {}
-
-    def load(self, directory: Path, state: dict[str, Any]) -> None:
-        self.module.load_checkpoint(str(directory), tag="deepspeed", load_module_strict=False)
 
     def save_adapter(self, directory: Path) -> None:
         import torch.distributed as dist
