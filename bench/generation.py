@@ -1,12 +1,13 @@
-"""SmolLM2-135M-Instruct on CPU, dense fp32 vs NF4 weights, in one run: weight memory,
+"""SmolLM2-135M-Instruct on CPU, dense fp32 vs NF4 vs INT8 weights, in one run: weight memory,
 prefill time and decode tokens/s of ragtune's local backend (`LocalLM`).
 
 For each variant: the bytes of all weights (state dict, shared tensors once) and of the
 linear layers alone; then, on one grounded prompt (5 chunks, ~600 tokens): prefill time,
 and decode tokens/s over exactly ``--new-tokens`` KV-cached greedy steps (the forward
 passes `LocalLM.stream` makes, without stopping at end-of-sequence, so both variants
-decode the same number of tokens). The two variants are timed alternately, repeat by
-repeat, so load from other processes hits both alike; each figure is the median.
+decode the same number of tokens). The variants are timed in turn, repeat by
+repeat, so load from other processes hits all alike; each figure is the median.
+INT8 is torchao's weight-only int8 (the `int8` extra).
 `LocalLM.complete` end to end (its own stopping) is reported for each too.
 
     .venv/bin/python bench/generation.py --threads 2 --out bench/results/generation.json
@@ -35,12 +36,22 @@ CHUNK = (
 )
 
 
+VARIANTS = {"fp32": "none", "nf4": "nf4", "int8": "int8"}
+
+
+def storage_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding `tensor`'s data (a torchao weight: its int8 values and scales)."""
+    inner = getattr(tensor, "tensor_data_names", None)
+    return [leaf for name in inner for leaf in storage_tensors(getattr(tensor, name))] if inner else [tensor]
+
+
 def state_bytes(model: torch.nn.Module) -> int:
     seen, total = set(), 0
     for tensor in model.state_dict().values():
-        if tensor.data_ptr() not in seen:
-            seen.add(tensor.data_ptr())
-            total += tensor.numel() * tensor.element_size()
+        for leaf in storage_tensors(tensor):
+            if leaf.data_ptr() not in seen:  # tied weights once
+                seen.add(leaf.data_ptr())
+                total += leaf.numel() * leaf.element_size()
     return total
 
 
@@ -75,7 +86,7 @@ def main() -> None:
         "torch": torch.__version__,
         "load_average_at_start": os.getloadavg()[0],
     }
-    variants = {"fp32": LocalLM.load("", device="cpu"), "nf4": LocalLM.load("", quant="nf4", device="cpu")}
+    variants = {name: LocalLM.load("", quant=quant, device="cpu") for name, quant in VARIANTS.items()}
     tokenizer = variants["fp32"].tokenizer
     prompt = render_prompt("Where does the Rhine end?", hits, tokenizer, 2048, args.new_tokens)
     ids = tokenizer(prompt.text, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -102,13 +113,15 @@ def main() -> None:
             "complete_seconds": round(seconds, 2),
             "complete_new_tokens": tokens,
         }
-    results["nf4_report"] = str(variants["nf4"].quant_report)
-    fp32, q = results["fp32"], results["nf4"]
-    results["ratios"] = {
-        "weights_fp32_over_nf4": round(fp32["weights_mib"] / q["weights_mib"], 2),  # type: ignore[index]
-        "decode_speed_nf4_over_fp32": round(q["decode_tokens_per_s"] / fp32["decode_tokens_per_s"], 2),  # type: ignore[index]
-        "prefill_time_nf4_over_fp32": round(q["prefill_ms"] / fp32["prefill_ms"], 2),  # type: ignore[index]
-    }
+    fp32: dict[str, float] = results["fp32"]  # type: ignore[assignment]
+    ratios: dict[str, float] = {}
+    for name in ("nf4", "int8"):
+        results[f"{name}_report"] = str(variants[name].quant_report)
+        q: dict[str, float] = results[name]  # type: ignore[assignment]
+        ratios[f"weights_fp32_over_{name}"] = round(fp32["weights_mib"] / q["weights_mib"], 2)
+        ratios[f"decode_speed_{name}_over_fp32"] = round(q["decode_tokens_per_s"] / fp32["decode_tokens_per_s"], 2)
+        ratios[f"prefill_time_{name}_over_fp32"] = round(q["prefill_ms"] / fp32["prefill_ms"], 2)
+    results["ratios"] = ratios
     results["load_average_at_end"] = os.getloadavg()[0]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

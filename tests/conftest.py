@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,9 +38,40 @@ SQUAD_MINI = REPO / "tests" / "data" / "squad-mini"
 SQUAD_DEV = REPO.parent / "shared" / "data" / "squad-dev"
 
 
+@cache
+def _exported_embedder_cache() -> Path:
+    """One ONNX int8 export of the default model for every CLI process of the session."""
+    directory = Path(tempfile.mkdtemp(prefix="ragtune-test-embedders-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    LocalEmbedder(backend="onnx-int8", cache_dir=directory)
+    return directory
+
+
+def cli_environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `ragtune` CLI process over `data_dir`: the product's default
+    embedder (ONNX int8), from one export shared by the session, so the process loads only
+    the export and its tokenizer (tests/embed/test_onnx.py tests the export into a data dir).
+    A data dir indexed in-process with the `embedder` fixture (torch) needs
+    RAGTUNE_EMBEDDING_BACKEND=torch in `extra`: the CLI refuses to mix embedders."""
+    return os.environ | {
+        "RAGTUNE_DATA_DIR": str(data_dir),
+        "RAGTUNE_TORCH_THREADS": "2",
+        "RAGTUNE_EMBEDDING_BACKEND": "onnx-int8",
+        "RAGTUNE_EMBEDDING_CACHE_DIR": str(_exported_embedder_cache()),
+        **extra,
+    }
+
+
 @pytest.fixture(scope="session")
 def embedder() -> LocalEmbedder:
     return LocalEmbedder(batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder() -> LocalEmbedder:
+    """The product's default embedder (ONNX int8, 2.4x torch's ingestion here), for tests that
+    index a lot and assert no vector's value."""
+    return LocalEmbedder(backend="onnx-int8", cache_dir=_exported_embedder_cache())
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_environment
 from ragtune.config import Settings
 from ragtune.store.milvus import MilvusStore
 
 
 def run(args: list[str], data_dir: Path, **kwargs) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_TORCH_THREADS": "2"}
+    env = cli_environment(data_dir, **kwargs.pop("env", {}))
     return subprocess.run(
         [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=300, **kwargs
     )
@@ -164,12 +165,7 @@ def test_killed_ingest_resumes_without_duplicates(tmp_path):
     for i in range(120):
         (docs / f"report{i:03d}.txt").write_text("\n\n".join(paragraph.format(i=i) for _ in range(4)))
     data = tmp_path / "data"
-    env = os.environ | {
-        "RAGTUNE_DATA_DIR": str(data),
-        "RAGTUNE_TORCH_THREADS": "2",
-        "RAGTUNE_EMBEDDING_BATCH_SIZE": "16",
-        "RAGTUNE_INGEST_BATCH_CHUNKS": "32",
-    }
+    env = cli_environment(data, RAGTUNE_EMBEDDING_BATCH_SIZE="16", RAGTUNE_INGEST_BATCH_CHUNKS="32")
     process = subprocess.Popen(
         [sys.executable, "-m", "ragtune.cli", "ingest", str(docs)],
         env=env,

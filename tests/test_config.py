@@ -31,6 +31,7 @@ _VALUES = {
     "embedding_backend": "onnx",
     "embedding_batch_size": "8",
     "embedding_device": "cuda",
+    "embedding_cache_dir": "/cache/embedders",
     "retrieval_mode": "bm25",
     "top_k": "9",
     "rrf_k": "30",

@@ -118,6 +118,9 @@ class EmbeddingSettings(_Section):
     )
     batch_size: int = Field(64, gt=0, description="Texts per model call (ONNX Runtime splits them by length).")
     device: str = Field("cpu")
+    cache_dir: str = Field(
+        "", description="Where ONNX exports of the model are kept, shareable by indexes (empty: DATA_DIR/embedders)."
+    )
 
 
 class RetrievalSettings(_Section):
@@ -178,7 +181,11 @@ class LLMSettings(_Section):
         "`model` field (vLLM's --lora-modules adapter names), comma-separated; empty: only `model`.",
     )
     adapter: str = Field("", description="PEFT LoRA adapter directory applied to the local model at load.")
-    quant: Literal["none", "nf4"] = Field("none", description="nf4: the local model's linear weights in 4 bits.")
+    quant: Literal["none", "nf4", "int8"] = Field(
+        "none",
+        description="The local model's linear weights: nf4 in 4 bits (ragtune.quant), int8 weight-only "
+        "(torchao, the `int8` extra).",
+    )
     tensor_parallel: int = Field(
         1,
         ge=1,
@@ -279,6 +286,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "embedding_backend": ("embedding", "backend"),
     "embedding_batch_size": ("embedding", "batch_size"),
     "embedding_device": ("embedding", "device"),
+    "embedding_cache_dir": ("embedding", "cache_dir"),
     "retrieval_mode": ("retrieval", "mode"),
     "top_k": ("retrieval", "top_k"),
     "rrf_k": ("retrieval", "rrf_k"),
@@ -417,7 +425,7 @@ class Settings(BaseSettings):
 
     def resolved_embedder_cache(self) -> Path:
         """Where ONNX exports of the embedding model are kept."""
-        return self.data_dir / "embedders"
+        return Path(self.embedding.cache_dir).expanduser() if self.embedding.cache_dir else self.data_dir / "embedders"
 
     def resolved_catalog_url(self) -> str:
         return self.store.catalog_url or f"sqlite:///{self.data_dir / 'catalog.db'}"

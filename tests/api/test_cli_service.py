@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import cli_environment
 from tests.api.support import free_port, wait_until
 
 
 def ragtune(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir)}
+    env = cli_environment(data_dir)
     return subprocess.run(
         [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=120
     )
@@ -47,7 +47,7 @@ def test_serve_answers_and_enforces_keys_from_the_cli(tmp_path):
     data = tmp_path / "data"
     key = json.loads(ragtune(["keys", "create", "--json"], data).stdout)
     port = free_port()
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data), "RAGTUNE_TORCH_THREADS": "1"}
+    env = cli_environment(data, RAGTUNE_TORCH_THREADS="1")
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
         [sys.executable, "-m", "ragtune.cli", "serve", "--port", str(port)],

@@ -59,6 +59,32 @@ def test_second_start_reuses_the_export(cache_dir, caplog):
     np.testing.assert_array_equal(first.embed(TEXTS[:3]), second.embed(TEXTS[:3]))
 
 
+def test_a_later_start_loads_the_export_and_tokenizer_alone(cache_dir):
+    exported = LocalEmbedder(backend="onnx-int8", cache_dir=cache_dir)  # exports, or finds the export
+    assert exported.onnx_file is not None
+    # The tokens are sentence-transformers' own: long texts cut at the same length, case, spacing.
+    from sentence_transformers import SentenceTransformer
+
+    model_dir = resolve_model_path("all-MiniLM-L6-v2")
+    sentence_model = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
+    tokenizer = onnx.TextTokenizer.of(model_dir)
+    assert tokenizer is not None and tokenizer.max_length == sentence_model.max_seq_length == 256
+    texts = [*TEXTS[:4], TEXTS[0] * 6, "  Who?  ", "ÉTÉ à Zürich\tnaïve — 東京", "x"]
+    expected = {k: v for k, v in sentence_model.preprocess(texts).items() if k in ("input_ids", "attention_mask")}
+    got = tokenizer(texts)
+    assert all(np.array_equal(got[k].numpy(), v.numpy()) for k, v in expected.items())
+    assert got["input_ids"].shape[1] == 256  # the long text was truncated, as ST truncates
+    code = (
+        "import sys; from pathlib import Path; from ragtune.embed import LocalEmbedder; "
+        f"e = LocalEmbedder(backend='onnx-int8', cache_dir=Path({str(cache_dir)!r})); "
+        "print(e.backend, e.dimension, e.max_tokens, 'sentence_transformers' in sys.modules); "
+        f"import numpy; numpy.save({str(cache_dir / 'fast.npy')!r}, e.embed({texts!r}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["onnx-int8", "384", "256", "False"], result.stderr
+    np.testing.assert_array_equal(np.load(cache_dir / "fast.npy"), exported.embed(texts))
+
+
 def test_a_changed_model_is_exported_again(tmp_path, cache_dir):
     original = resolve_model_path("all-MiniLM-L6-v2")
     copy = tmp_path / "minilm"

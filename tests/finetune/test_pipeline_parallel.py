@@ -1,12 +1,14 @@
 """Pipeline parallelism runs through DeepSpeed's pipeline engine: 2 stages on CPU processes
-(gloo) reproduce the one-process run's losses, and the adapter the stages save together is
-PEFT's, equal to the one-process adapter. (2 stages × 2 replicas on 4 processes passes the same
-test, RAGTUNE_TEST_PIPELINE_PROCESSES=4, in 32 s: past what the suite's time allows.)"""
+(gloo) reproduce the one-process run's losses, the adapter the stages save together is PEFT's,
+equal to the one-process adapter, and a run resumed from the stages' checkpoint ends where the
+straight run ends. (2 stages × 2 replicas on 4 processes passes the same test,
+RAGTUNE_TEST_PIPELINE_PROCESSES=4, in 32 s: past what the suite's time allows.)"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,17 +43,21 @@ def test_pipeline_stages_train_what_one_process_trains(tmp_path, make_config, ti
 
     # 2 processes: 2 stages of one replica (data parallel 1, 4 micro-batches a step);
     # 4 processes: 2 stages × 2 replicas (2 micro-batches each).
-    piped = make_config("piped", pipeline_parallel=2, **COMMON)
-    path = tmp_path / "piped.yaml"
-    path.write_text(yaml.safe_dump(json.loads(piped.model_dump_json())))
-    command = [
-        *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)),
-        *("--master_port", str(free_port()), "-m", "ragtune.cli", "finetune", str(path)),
-    ]
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    def launch(config, *flags: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / f"{config.output_dir.name}.yaml"
+        path.write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+        command = [
+            *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)),
+            *("--master_port", str(free_port()), "-m", "ragtune.cli", "finetune", str(path), *flags),
+        ]
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=420, env=os.environ | {"OMP_NUM_THREADS": "1"}
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    piped = make_config("piped", pipeline_parallel=2, **COMMON | {"save_every": 5})
+    result = launch(piped)
     replicas = processes // 2
     assert (
         f"micro batch 2 × data parallel {replicas} × grad accumulation steps {4 // replicas} "
@@ -71,3 +77,13 @@ def test_pipeline_stages_train_what_one_process_trains(tmp_path, make_config, ti
     assert got.keys() == expected.keys() and len(got) == 2 * 7 * 2  # 2 layers × 7 projections × A, B
     assert max(float((got[k] - expected[k]).abs().max()) for k in got) <= 1e-4
     assert any(float(w.abs().max()) > 0 for k, w in got.items() if "lora_B" in k)  # B starts at 0: it trained
+
+    # What a pipeline run stopped after step 5 leaves: every stage's share of that checkpoint.
+    resumed = make_config("resumed", pipeline_parallel=2, **COMMON | {"save_every": 5})
+    checkpoint = "checkpoints/step-000005"
+    shutil.copytree(piped.output_dir / checkpoint, resumed.output_dir / checkpoint)
+    assert "resumed from" in launch(resumed, "--resume").stderr
+    losses, _ = _metrics(resumed.output_dir)
+    assert len(losses) == 5 and max(abs(a - b) for a, b in zip(losses, two[5:])) <= 1e-6
+    again = _lora_weights(tiny_model_dir, resumed.output_dir / "adapter")
+    assert max(float((again[k] - got[k]).abs().max()) for k in got) <= 1e-6

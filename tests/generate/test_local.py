@@ -1,3 +1,4 @@
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,33 @@ def test_nf4_cuts_linear_weight_memory_and_still_decodes(lm, prompt, tiny_llama_
     tuned = LocalLM.load(tiny_llama_dir, adapter=adapter, quant="nf4", device="cpu")
     assert any(isinstance(m, NF4Linear) for m in tuned.model.modules())
     assert (_first_logits(tuned, prompt) - nf4).abs().max() > 0.1
+
+
+def test_int8_quarters_linear_weight_memory_and_keeps_the_logits(lm, prompt, tiny_llama_dir, tmp_path):
+    quantized = LocalLM.load(tiny_llama_dir, quant="int8", device="cpu")
+    report = quantized.quant_report
+    assert report.format == "INT8" and len(report.replaced) == 14 and "lm_head" in report.skipped
+    # int8 values plus one fp32 scale per output row: a little over a quarter of fp32.
+    assert 0.25 * report.bytes_before < report.bytes_after < 0.3 * report.bytes_before
+    assert linear_weight_bytes(quantized.model) < linear_weight_bytes(lm.model) - 0.7 * report.bytes_before
+    assert type(quantized.model.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+    dense, int8 = _first_logits(lm, prompt), _first_logits(quantized, prompt)
+    assert torch.nn.functional.cosine_similarity(dense, int8, dim=0) > 0.999
+    assert (dense - int8).abs().max() > 0  # the weights really changed
+    assert quantized.complete(prompt, SamplingParams(max_new_tokens=8)).completion_tokens > 0
+    # The adapter is merged first, so the int8 weights are the tuned ones.
+    adapter = _save_adapter(tiny_llama_dir, tmp_path / "adapter")
+    tuned_dense = _first_logits(LocalLM.load(tiny_llama_dir, adapter=adapter, device="cpu"), prompt)
+    tuned = LocalLM.load(tiny_llama_dir, adapter=adapter, quant="int8", device="cpu")
+    assert not any("lora" in name for name, _ in tuned.model.named_modules())
+    assert torch.nn.functional.cosine_similarity(tuned_dense, _first_logits(tuned, prompt), dim=0) > 0.999
+    assert (_first_logits(tuned, prompt) - int8).abs().max() > 0.1
+
+
+def test_int8_without_torchao_names_the_extra(tiny_llama_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what an install without the extra sees
+    with pytest.raises(ImportError, match=r"pip install 'ragtune\[int8\]'"):
+        LocalLM.load(tiny_llama_dir, quant="int8", device="cpu")
 
 
 def test_generator_prompts_with_the_chunks_and_reports_usage(lm):

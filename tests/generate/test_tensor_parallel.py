@@ -28,9 +28,10 @@ def _chat(url: str, **extra: object) -> dict:
     return response.json()
 
 
-def test_tensor_parallel_is_refused_for_nf4_weights(tiny_llama_dir: Path):
+@pytest.mark.parametrize("quant", ["nf4", "int8"])
+def test_tensor_parallel_is_refused_for_quantized_weights(tiny_llama_dir: Path, quant):
     with pytest.raises(ValueError, match="RAGTUNE_LLM_TENSOR_PARALLEL > 1 needs RAGTUNE_LLM_QUANT=none"):
-        LocalLM.load(tiny_llama_dir, quant="nf4", tensor_parallel=2)
+        LocalLM.load(tiny_llama_dir, quant=quant, tensor_parallel=2)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cli_environment
 from ragtune.api.uploads import safe_filename
 from ragtune.config import Settings
 from ragtune.ingest.chunking import chunk_document
@@ -50,9 +51,12 @@ def test_corpus_covers_the_attacks():
 
 
 def ragtune(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_TORCH_THREADS": "2"}
     return subprocess.run(
-        [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-m", "ragtune.cli", *args],
+        capture_output=True,
+        text=True,
+        env=cli_environment(data_dir),
+        timeout=600,
     )
 
 
@@ -139,9 +143,9 @@ def raw_multipart(files: list[Hostile]) -> bytes:
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
-def test_hostile_uploads_through_the_api(tmp_path, embedder):
+def test_hostile_uploads_through_the_api(tmp_path, onnx_embedder):
     settings = service_settings(tmp_path / "data", max_upload_bytes=32 * 1024 * 1024, max_files_per_request=64)
-    with served(settings, embedder) as service:
+    with served(settings, onnx_embedder) as service:
         http, system = service.http, service.services.system
 
         def counts() -> tuple[int, int]:

@@ -4,7 +4,6 @@ indexed and answer questions; with RAGTUNE_OCR=off the scan is refused as before
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from builders import image_bytes, pptx_bytes, requires_tesseract, text_image, xlsx_bytes
+from conftest import cli_environment
 from ragtune.ingest.formats import CSV, PDF, PNG, PPTX, XLSX
 
 pytestmark = [pytest.mark.slow, requires_tesseract]
 
 
 def ragtune(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = os.environ | {"RAGTUNE_DATA_DIR": str(data_dir), "RAGTUNE_TORCH_THREADS": "2"} | env
+    environment = cli_environment(data_dir, **env)
     return subprocess.run(
         [sys.executable, "-m", "ragtune.cli", *args], capture_output=True, text=True, env=environment, timeout=300
     )

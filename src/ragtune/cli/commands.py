@@ -282,7 +282,7 @@ def serve_llm(
         str | None, typer.Option(help="HF model directory or .gguf file (RAGTUNE_LLM_MODEL; default SmolLM2).")
     ] = None,
     adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter directory (RAGTUNE_LLM_ADAPTER).")] = None,
-    quant: Annotated[str | None, typer.Option(help="none or nf4 (RAGTUNE_LLM_QUANT).")] = None,
+    quant: Annotated[str | None, typer.Option(help="none, nf4 or int8 (RAGTUNE_LLM_QUANT).")] = None,
     served_model_name: Annotated[
         str | None, typer.Option(help="Model id clients send (default: the model's name).")
     ] = None,

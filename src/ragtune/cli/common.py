@@ -24,6 +24,10 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # bitsandbytes (imported by peft, which sentence-transformers imports) warns on every start
 # that it cannot fetch an optional CPU kernel from the hub; ragtune never asks for it.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# torchao (the int8 extra, which transformers imports with every model class) warns on a CPU
+# build of torch that its CUDA kernels do not load, and torch that it registers Enums itself.
+logging.getLogger("torchao").setLevel(logging.ERROR)
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 app = typer.Typer(
     help="Answer questions over your documents with citations.",

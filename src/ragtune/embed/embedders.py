@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -65,7 +65,9 @@ class LocalEmbedder:
     ONNX Runtime on the CPU (`ragtune.embed.onnx`, exported once into `cache_dir`).
 
     If the ONNX export or session fails, the model stays on torch and one warning says why;
-    `backend` then reads ``torch``.
+    `backend` then reads ``torch``. Once the export exists, an ONNX embedder on the CPU loads
+    only it and the tokenizer, never sentence-transformers (`onnx.TextTokenizer`: seconds
+    off every start).
     """
 
     def __init__(
@@ -76,21 +78,44 @@ class LocalEmbedder:
         backend: EmbeddingBackend = "torch",
         cache_dir: Path | None = None,
     ) -> None:
-        from sentence_transformers import SentenceTransformer
-
         if batch_size <= 0:
             raise ValueError(f"batch_size must be greater than 0; got {batch_size}")
         self.name = model
         self.batch_size = batch_size
         model_dir = resolve_model_path(model)
-        self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
-        self.dimension = int(self._model.get_embedding_dimension())
-        self.max_tokens = int(self._model.max_seq_length)
         self.backend: str = "torch"
         self.onnx_file: Path | None = None
         self._onnx: OnnxSentenceEncoder | None = None
+        self._model: Any = None  # the SentenceTransformer, unless an earlier ONNX export serves alone
+        if (
+            backend != "torch"
+            and device == "cpu"
+            and cache_dir is not None
+            and self._use_export(model_dir, cache_dir, backend)
+        ):
+            return
+        from sentence_transformers import SentenceTransformer
+
+        self._model = SentenceTransformer(str(model_dir), device=device, local_files_only=True)
+        self.dimension = int(self._model.get_embedding_dimension())
+        self.max_tokens = int(self._model.max_seq_length)
         if backend != "torch":
             self._use_onnx(model_dir, cache_dir, backend == "onnx-int8")
+
+    def _use_export(self, model_dir: Path, cache_dir: Path, backend: str) -> bool:
+        """Serve from an earlier export, with the tokenizer alone (`onnx.load_exported`)."""
+        from ragtune.embed.onnx import load_exported
+
+        try:
+            loaded = load_exported(model_dir, cache_dir, backend == "onnx-int8")
+        except Exception as exc:  # a damaged export: sentence-transformers' path says what to do
+            log.warning("the ONNX export in %s does not load alone: %s: %s", cache_dir, type(exc).__name__, exc)
+            return False
+        if loaded is None:
+            return False
+        self._onnx, self.onnx_file, self.dimension, self.max_tokens = loaded
+        self.backend = backend
+        return True
 
     def _use_onnx(self, model_dir: Path, cache_dir: Path | None, int8: bool) -> None:
         wanted = "onnx-int8" if int8 else "onnx"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -194,3 +195,57 @@ def load_encoder(sentence_model: Any, model_dir: Path, cache_dir: Path, int8: bo
     """The ONNX Runtime encoder of `sentence_model` (exported on first use) and its .onnx file."""
     path = export(sentence_model, model_dir, cache_dir / model_hash(model_dir), int8)
     return OnnxSentenceEncoder(path, sentence_model.preprocess, torch.get_num_threads()), path
+
+
+class TextTokenizer:
+    """sentence-transformers' text preprocessing for a model whose first module is its
+    ``Transformer``: the model's own tokenizer with the same padding, truncation and length.
+
+    Importing sentence-transformers costs 6–9 s on this 2-core CPU (it pulls in scikit-learn,
+    peft and bitsandbytes), most of a CLI command's start. An exported graph already holds the
+    pooling and normalisation, so it needs only the tokenizer; `tests/embed/test_onnx.py`
+    checks the tokens equal sentence-transformers' own.
+    """
+
+    def __init__(self, model_dir: Path, max_length: int, lower_case: bool) -> None:
+        from transformers import AutoTokenizer
+
+        self.max_length, self.lower_case = max_length, lower_case
+        self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+
+    @classmethod
+    def of(cls, model_dir: Path) -> TextTokenizer | None:
+        """The tokenizer of a plain text model (Transformer, then pooling and the like), else None."""
+        try:
+            modules = json.loads((model_dir / "modules.json").read_text(encoding="utf-8"))
+            config = json.loads((model_dir / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        first = modules[0].get("type", "") if isinstance(modules, list) and modules else ""
+        if first.rsplit(".", 1)[-1] != "Transformer" or not isinstance(config.get("max_seq_length"), int):
+            return None
+        return cls(model_dir, config["max_seq_length"], bool(config.get("do_lower_case", False)))
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.lower_case:
+            texts = [text.lower() for text in texts]
+        return dict(
+            self._tokenizer(
+                texts, padding=True, truncation="longest_first", max_length=self.max_length, return_tensors="pt"
+            )
+        )
+
+
+def load_exported(model_dir: Path, cache_dir: Path, int8: bool) -> tuple[OnnxSentenceEncoder, Path, int, int] | None:
+    """An earlier export of the model with its tokenizer alone, without loading
+    sentence-transformers: (encoder, .onnx file, dimension, max tokens), or None when there
+    is no export yet or the model is not a plain text model."""
+    path = cache_dir / model_hash(model_dir) / ("model-int8.onnx" if int8 else "model.onnx")
+    tokenizer = TextTokenizer.of(model_dir) if path.is_file() else None
+    if tokenizer is None:
+        return None
+    encoder = OnnxSentenceEncoder(path, tokenizer, torch.get_num_threads())
+    dimension = encoder.session.get_outputs()[0].shape[1]
+    if not isinstance(dimension, int):
+        return None
+    return encoder, path, dimension, tokenizer.max_length

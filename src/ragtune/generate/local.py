@@ -1,5 +1,5 @@
 """A local causal LM (transformers) as a generator: KV-cache decoding, greedy or sampled,
-stop sequences, streaming, an optional LoRA adapter and optional NF4 weights.
+stop sequences, streaming, an optional LoRA adapter and optional NF4 or INT8 weights.
 
 `LocalLM` is the model: it turns a prompt into text, token by token. `LocalGenerator`
 puts the grounded prompt (`ragtune.generate.prompts`) in front of it and is what the
@@ -34,7 +34,7 @@ from ragtune.types import Hit
 
 DEFAULT_CACHE_DIR = Path("~/.cache/ragtune/models").expanduser()
 
-Quant = Literal["none", "nf4"]
+Quant = Literal["none", "nf4", "int8"]
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,16 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 def linear_weight_bytes(model: torch.nn.Module) -> int:
-    """Bytes held by the weights of the model's linear layers (dense or NF4)."""
+    """Bytes held by the weights of the model's linear layers (dense, NF4 or INT8)."""
     from ragtune.quant import NF4Linear
+    from ragtune.quant.int8 import weight_bytes
 
     total = 0
     for module in model.modules():
         if isinstance(module, NF4Linear):
             total += module.nbytes()
         elif isinstance(module, torch.nn.Linear):
-            total += module.weight.numel() * module.weight.element_size()
+            total += weight_bytes(module.weight)
     return total
 
 
@@ -107,7 +108,7 @@ class LocalLM:
     tokenizer: Any
     name: str
     device: torch.device
-    quant_report: Any = None  # ragtune.quant.ReplaceReport when loaded with quant="nf4"
+    quant_report: Any = None  # ragtune.quant.ReplaceReport when loaded with quant="nf4" or "int8"
     lockstep: Lockstep | None = None  # set when sharded over processes (tensor_parallel > 1)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -125,19 +126,20 @@ class LocalLM:
 
         Computes in fp32 on CPU (bf16 matmuls are two orders of magnitude slower there)
         and bf16 on CUDA. ``adapter``: a PEFT LoRA directory, applied after NF4 conversion
-        (as QLoRA trained it) and merged into the weights when they are dense.
+        (as QLoRA trained it) and merged into the weights when they are dense; ``int8``
+        (torchao weight-only) quantizes the merged weights.
         ``tensor_parallel`` > 1 shards the model over that many launched processes with
         DeepSpeed-Inference (`tensor_parallel`); on every rank but 0 this call does not
         return: the process decodes what rank 0 announces, then exits with it.
         """
         from ragtune.models import load_causal_lm, smollm2_gguf_path
 
-        if quant not in ("none", "nf4"):
-            raise ValueError(f"quant must be 'none' or 'nf4'; got {quant!r}")
+        if quant not in ("none", "nf4", "int8"):
+            raise ValueError(f"quant must be 'none', 'nf4' or 'int8'; got {quant!r}")
         if tensor_parallel > 1 and quant != "none":
             raise ValueError(
-                "tensor parallelism shards nn.Linear layers (DeepSpeed AutoTP); NF4 layers are not nn.Linear, "
-                "so RAGTUNE_LLM_TENSOR_PARALLEL > 1 needs RAGTUNE_LLM_QUANT=none"
+                "tensor parallelism shards dense nn.Linear weights (DeepSpeed AutoTP); NF4 and INT8 weights are "
+                "not, so RAGTUNE_LLM_TENSOR_PARALLEL > 1 needs RAGTUNE_LLM_QUANT=none"
             )
         target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         compute = torch.bfloat16 if target.type == "cuda" else torch.float32
@@ -152,7 +154,11 @@ class LocalLM:
             if compute != torch.float32:
                 lm = lm.to(compute)  # the remaining dense parts (embeddings, norms)
         if str(adapter):
-            lm = _apply_adapter(lm, Path(adapter).expanduser(), merge=quant == "none")
+            lm = _apply_adapter(lm, Path(adapter).expanduser(), merge=quant != "nf4")
+        if quant == "int8":
+            from ragtune.quant.int8 import quantize_linear_int8
+
+            report = quantize_linear_int8(lm)
         name = path.stem if path.suffix == ".gguf" else path.name
         lm = lm.to(target).eval()
         if tensor_parallel == 1:

@@ -219,12 +219,13 @@ class _NF4Matmul(torch.autograd.Function):
 
 @dataclass
 class ReplaceReport:
-    """What :func:`replace_linear_with_nf4` changed, and the memory it saved."""
+    """What :func:`replace_linear_with_nf4` (or `ragtune.quant.int8`) changed, and the memory it saved."""
 
     replaced: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     bytes_before: int = 0
     bytes_after: int = 0
+    format: str = "NF4"
 
     @property
     def bytes_saved(self) -> int:
@@ -233,7 +234,7 @@ class ReplaceReport:
     def __str__(self) -> str:
         mib = 1 << 20
         return (
-            f"NF4: replaced {len(self.replaced)} linear layers, skipped {len(self.skipped)}; "
+            f"{self.format}: replaced {len(self.replaced)} linear layers, skipped {len(self.skipped)}; "
             f"their weights {self.bytes_before / mib:.1f} MiB -> {self.bytes_after / mib:.1f} MiB "
             f"(saved {self.bytes_saved / mib:.1f} MiB)"
         )
