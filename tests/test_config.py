@@ -70,13 +70,15 @@ _VALUES = {
     "job_lease_seconds": "12.5",
     "job_poll_seconds": "0.5",
     "job_max_attempts": "7",
+    "faithfulness_model": "/models/nli",
+    "faithfulness_threshold": "0.8",
 }
 
 
 def test_every_section_field_has_exactly_one_flat_name():
     targets = list(FLAT_NAMES.values())
     assert len(targets) == len(set(targets))
-    for section in ("store", "ingest", "embedding", "retrieval", "answer", "llm", "service"):
+    for section in ("store", "ingest", "embedding", "retrieval", "answer", "llm", "service", "eval"):
         fields = set(type(getattr(Settings(), section)).model_fields)
         assert fields == {name for sec, name in targets if sec == section}, section
     assert set(_VALUES) == set(FLAT_NAMES)

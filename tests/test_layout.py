@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"ragtune.ingest", "ragtune.retrieve"},
     {"ragtune.generate"},
     {"ragtune.pipeline", "ragtune.system"},
-    {"ragtune.eval", "ragtune.finetune"},
+    {"ragtune.eval", "ragtune.finetune", "ragtune.tune"},
     {"ragtune.api"},
     {"ragtune.cli"},
 ]

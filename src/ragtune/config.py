@@ -251,6 +251,20 @@ class ServiceSettings(_Section):
         return _comma_separated(value)
 
 
+class EvalSettings(_Section):
+    """How `eval answers` checks, without labels, that answers say what they cite (`ragtune.eval.faithfulness`)."""
+
+    faithfulness_model: str = Field(
+        "", description="A local cross-encoder/NLI model directory judging if a cited chunk entails an answer "
+        "sentence (sentence-transformers CrossEncoder); empty: lexical overlap after stemming."
+    )  # fmt: skip
+    # 0.6: quotes and close paraphrases keep most content words; a swapped fact keeps half or fewer.
+    faithfulness_threshold: float = Field(
+        0.6, gt=0, le=1, description="Lexical check: the share of an answer sentence's content words (stemmed, "
+        "no stop words) that must occur in the chunks it cites for it to count as supported."
+    )  # fmt: skip
+
+
 _SECTIONS: dict[str, type[_Section]] = {
     "store": StoreSettings,
     "ingest": IngestSettings,
@@ -259,6 +273,7 @@ _SECTIONS: dict[str, type[_Section]] = {
     "answer": AnswerSettings,
     "llm": LLMSettings,
     "service": ServiceSettings,
+    "eval": EvalSettings,
 }
 
 # The flat names, RAGTUNE_<NAME>: name -> (section, field). Top-level settings (data_dir,
@@ -301,6 +316,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "max_question_chars": ("answer", "max_question_chars"),
     **{f"llm_{name}": ("llm", name) for name in LLMSettings.model_fields},
     **{name: ("service", name) for name in ServiceSettings.model_fields},
+    **{name: ("eval", name) for name in EvalSettings.model_fields},
 }
 
 
@@ -373,6 +389,7 @@ class Settings(BaseSettings):
     answer: AnswerSettings = Field(default_factory=AnswerSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     service: ServiceSettings = Field(default_factory=ServiceSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
 
     @field_validator("data_dir")
     @classmethod

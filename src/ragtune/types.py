@@ -272,13 +272,16 @@ class Chunk:
 @dataclass(frozen=True)
 class Filters:
     """What a search may return; a chunk must match every filter given (any of the listed
-    values). `collections` is the reader's scope: the store searches only these (empty: all)."""
+    values). `collections` is the reader's scope: the store searches only these (empty: all).
+    `exclude_doc_ids` takes documents out of whatever else matches: an evaluation asks a
+    question written for one document against every document but that one."""
 
     sources: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     doc_ids: tuple[str, ...] = ()
     metadata: tuple[MetaCondition, ...] = ()
     collections: tuple[str, ...] = ()
+    exclude_doc_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The `ragtune` command line. Exit codes: 0 success, 1 failure, 2 bad usage or input.
 
 The commands live beside this file by what they do (`commands`: index, serve, administer;
-`ask`: questions and conversations; `evaluate`: measurements); importing them registers
-them on `app`.
+`ask`: questions and conversations; `evaluate`: measurements; `synth`: question sets made
+from the index); importing them registers them on `app`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from ragtune.cli import ask, commands, evaluate
+from ragtune.cli import ask, commands, evaluate, synth
 from ragtune.cli.common import UsageError, app
 
-__all__ = ["app", "ask", "commands", "evaluate", "main"]
+__all__ = ["app", "ask", "commands", "evaluate", "main", "synth"]
 
 
 def main() -> None:

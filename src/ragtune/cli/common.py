@@ -36,7 +36,8 @@ app = typer.Typer(
     add_completion=False,
 )
 eval_app = typer.Typer(
-    help="Measure retrieval, answers and conversations on a BEIR-format dataset.", no_args_is_help=True
+    help="Measure retrieval, answers and conversations on a BEIR-format dataset; compare two results.",
+    no_args_is_help=True,
 )
 app.add_typer(eval_app, name="eval")
 app.add_typer(quantize_app, name="quantize")

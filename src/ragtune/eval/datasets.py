@@ -1,7 +1,9 @@
 """BEIR-format datasets: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``.
 
 SQuAD-style sets add ``answers`` (a list of strings) to each query and may carry
-``unanswerable.jsonl`` (questions the documents do not answer).
+``unanswerable.jsonl`` (questions the documents do not answer). An unanswerable row with
+``excluded`` (corpus ids) is a question written for those passages and asked of every other
+passage: the evaluation searches with them filtered out (what ``ragtune synth`` writes).
 
     >>> from ragtune.eval.datasets import load_beir
     >>> dataset = load_beir("../shared/data/squad-dev")       # doctest: +SKIP
@@ -13,8 +15,10 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 class DatasetError(ValueError):
@@ -35,6 +39,8 @@ class BeirDataset:
     qrels: dict[str, dict[str, int]]
     answers: dict[str, list[str]] = field(default_factory=dict)
     unanswerable: dict[str, str] = field(default_factory=dict)
+    # unanswerable question id -> the corpus ids its search leaves out (absent: none)
+    excluded: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def read_jsonl(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
@@ -84,9 +90,43 @@ def load_beir(directory: str | Path, split: str = "test") -> BeirDataset:
     queries = {str(r["_id"]): str(r["text"]) for r in query_rows}
     answers = {str(r["_id"]): [str(a) for a in r["answers"]] for r in query_rows if r.get("answers")}
     unanswerable_path = root / "unanswerable.jsonl"
-    unanswerable = (
-        {str(r["_id"]): str(r["text"]) for _, r in read_jsonl(unanswerable_path, ("_id", "text"))}
-        if unanswerable_path.is_file()
-        else {}
-    )
-    return BeirDataset(corpus, queries, qrels, answers, unanswerable)
+    unanswerable: dict[str, str] = {}
+    excluded: dict[str, tuple[str, ...]] = {}
+    rows = read_jsonl(unanswerable_path, ("_id", "text")) if unanswerable_path.is_file() else []
+    for number, entry in rows:
+        unanswerable[str(entry["_id"])] = str(entry["text"])
+        scope = entry.get("excluded")
+        if scope is None:
+            continue
+        if not isinstance(scope, list) or not all(isinstance(c, str) for c in scope):
+            raise DatasetError(f"{unanswerable_path}:{number}: 'excluded' must be a list of corpus ids (strings)")
+        excluded[str(entry["_id"])] = tuple(scope)
+    return BeirDataset(corpus, queries, qrels, answers, unanswerable, excluded)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
+    """One JSON object per line (UTF-8, non-ASCII kept); returns the number of rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def write_beir(
+    directory: Path,
+    corpus: Iterable[dict[str, Any]],
+    queries: Iterable[dict[str, Any]],
+    qrels: Iterable[tuple[str, str]],
+    unanswerable: Iterable[dict[str, Any]] = (),
+) -> None:
+    """A dataset `load_beir` reads: records as given (``_id``, ``text``, … per row) and the
+    judged (query id, corpus id) pairs, each relevant with score 1."""
+    write_jsonl(directory / "corpus.jsonl", corpus)
+    write_jsonl(directory / "queries.jsonl", queries)
+    lines = ["query-id\tcorpus-id\tscore\n", *(f"{q}\t{c}\t1\n" for q, c in qrels)]
+    (directory / "qrels").mkdir(parents=True, exist_ok=True)
+    (directory / "qrels" / "test.tsv").write_text("".join(lines), encoding="utf-8")
+    write_jsonl(directory / "unanswerable.jsonl", unanswerable)

@@ -8,6 +8,8 @@ spliced into an expression raw.
     >>> from ragtune.types import Filters, MetaCondition
     >>> filter_expression(Filters(collections=("finance",), metadata=(MetaCondition("year", "gte", 2023),)))
     'collection in ["finance"] and metadata["year"] >= 2023'
+    >>> print(filter_expression(Filters(exclude_doc_ids=('d" or 1==1 or "',))))
+    doc_id not in ["d\" or 1==1 or \""]
     >>> print(literal('x" or 1==1 or "'))
     "x\" or 1==1 or \""
 """
@@ -73,6 +75,8 @@ def filter_expression(filters: Filters | None) -> str:
         clauses.append(f"source in {quoted_list(filters.sources)}")
     if filters.doc_ids:
         clauses.append(f"doc_id in {quoted_list(filters.doc_ids)}")
+    if filters.exclude_doc_ids:
+        clauses.append(f"doc_id not in {quoted_list(filters.exclude_doc_ids)}")
     if filters.tags:
         clauses.append(f"ARRAY_CONTAINS_ANY(tags, {quoted_list(filters.tags)})")
     clauses.extend(_condition(c) for c in filters.metadata)
