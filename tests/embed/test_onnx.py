@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SQUAD_MINI
+from conftest import SQUAD_MINI, cli_environment
 from ragtune.config import Settings
 from ragtune.embed import LocalEmbedder, onnx
 from ragtune.embed.embedders import resolve_model_path
@@ -186,11 +185,7 @@ def test_cli_ingests_and_answers_with_int8_then_guards_the_collection(tmp_path):
     docs.mkdir()
     for i, text in enumerate(TEXTS[:4]):
         (docs / f"p{i}.txt").write_text(text, encoding="utf-8")
-    env = os.environ | {
-        "RAGTUNE_DATA_DIR": str(tmp_path / "data"),
-        "RAGTUNE_TORCH_THREADS": "2",
-        "RAGTUNE_EMBEDDING_BACKEND": "onnx-int8",
-    }
+    env = cli_environment(tmp_path / "data")  # the session's export: the in-process tests above export
 
     def ragtune(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -204,7 +199,7 @@ def test_cli_ingests_and_answers_with_int8_then_guards_the_collection(tmp_path):
     ingested = ragtune("ingest", str(docs))
     assert ingested.returncode == 0, ingested.stderr
     assert "Warning" not in ingested.stderr and "WARNING" not in ingested.stderr, ingested.stderr
-    assert (tmp_path / "data" / "embedders").is_dir()
+    assert Settings(data_dir=tmp_path / "data").resolved_embedder_cache() == tmp_path / "data" / "embedders"
     asked = ragtune("ask", TEXTS[1].split(".")[0] + "?")
     assert asked.returncode == 0, asked.stderr
     assert "p1.txt" in asked.stdout

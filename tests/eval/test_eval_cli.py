@@ -4,12 +4,12 @@ and quality thresholds."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
+from conftest import cli_environment
 from ragtune.eval.datasets import DatasetError, load_beir
 from ragtune.eval.metrics import mrr_at_k, ndcg_at_k, recall_at_k, squad_exact_match, squad_f1
 from tests.conftest import SQUAD_DEV, SQUAD_MINI
@@ -33,21 +33,21 @@ def test_squad_mini_is_cut_from_squad_dev(tmp_path):
         assert (tmp_path / name).read_bytes() == (SQUAD_MINI / name).read_bytes(), name
 
 
-def _eval(*args: str) -> dict:
+def _eval(data_dir, *args: str) -> dict:
     result = subprocess.run(
         [sys.executable, "-m", "ragtune.cli", "eval", *args, "--json"],
         capture_output=True,
         text=True,
         timeout=600,
-        env=os.environ | {"RAGTUNE_TORCH_THREADS": "2"},
+        env=cli_environment(data_dir),  # eval indexes into a scratch store; data_dir stays empty
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # stdout holds exactly one JSON object; logs go to stderr
 
 
 @pytest.mark.slow
-def test_eval_retrieval_hybrid_beats_thresholds_and_baseline():
-    report = _eval("retrieval", str(SQUAD_MINI), "--mode", "hybrid", "--limit", "150")
+def test_eval_retrieval_hybrid_beats_thresholds_and_baseline(tmp_path):
+    report = _eval(tmp_path, "retrieval", str(SQUAD_MINI), "--mode", "hybrid", "--limit", "150")
     assert report["n_queries"] == 150
     assert {"recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"} <= set(report)
     assert report["ndcg@10"] >= 0.88 and report["recall@5"] >= 0.95
@@ -55,8 +55,8 @@ def test_eval_retrieval_hybrid_beats_thresholds_and_baseline():
 
 
 @pytest.mark.slow
-def test_eval_answers_reports_squad_metrics():
-    report = _eval("answers", str(SQUAD_MINI), "--limit", "25")
+def test_eval_answers_reports_squad_metrics(tmp_path):
+    report = _eval(tmp_path, "answers", str(SQUAD_MINI), "--limit", "25")
     assert set(report) >= {"exact_match", "f1", "citation_support", "abstain_rate"}
     assert report["n_questions"] == 25 and report["n_unanswerable"] == 20
     assert report["f1"] > 0.1 and report["citation_support"] >= 0.6
@@ -101,7 +101,7 @@ def test_bad_dataset_is_reported_with_file_and_line(tmp_path):
 @pytest.mark.slow
 def test_eval_conversations_condensing_recovers_the_standalone_recall(tmp_path):
     written = tmp_path / "items.jsonl"
-    report = _eval("conversations", str(SQUAD_MINI), "--limit", "80", "--write", str(written))
+    report = _eval(tmp_path, "conversations", str(SQUAD_MINI), "--limit", "80", "--write", str(written))
     assert report["n_items"] == 80 and report["condenser"] == "rules"
     assert report["condensed_r@5"] > report["verbatim_r@5"]
     assert report["condensed_r@5"] >= report["standalone_r@5"] - 0.05
