@@ -27,6 +27,7 @@ import torch
 
 from ragtune.generate.local import LocalLM, SamplingParams, linear_weight_bytes
 from ragtune.generate.prompts import render_prompt
+from ragtune.quant.int8 import storage_tensors
 from ragtune.types import Hit
 
 CHUNK = (
@@ -37,12 +38,6 @@ CHUNK = (
 
 
 VARIANTS = {"fp32": "none", "nf4": "nf4", "int8": "int8"}
-
-
-def storage_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """The plain tensors holding `tensor`'s data (a torchao weight: its int8 values and scales)."""
-    inner = getattr(tensor, "tensor_data_names", None)
-    return [leaf for name in inner for leaf in storage_tensors(getattr(tensor, name))] if inner else [tensor]
 
 
 def state_bytes(model: torch.nn.Module) -> int:

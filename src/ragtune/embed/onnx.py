@@ -68,10 +68,15 @@ class _SentenceEmbedding(torch.nn.Module):
         return features["sentence_embedding"]
 
 
+def export_file(out_dir: Path, int8: bool) -> Path:
+    """The .onnx file `export` writes into `out_dir`."""
+    return out_dir / ("model-int8.onnx" if int8 else "model.onnx")
+
+
 def export(sentence_model: Any, model_dir: Path, out_dir: Path, int8: bool) -> Path:
     """Exports (and optimises, and for `int8` quantizes) `sentence_model`, loaded from
     `model_dir`, into `out_dir`; returns the .onnx file."""
-    target = out_dir / ("model-int8.onnx" if int8 else "model.onnx")
+    target = export_file(out_dir, int8)
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -240,7 +245,7 @@ def load_exported(model_dir: Path, cache_dir: Path, int8: bool) -> tuple[OnnxSen
     """An earlier export of the model with its tokenizer alone, without loading
     sentence-transformers: (encoder, .onnx file, dimension, max tokens), or None when there
     is no export yet or the model is not a plain text model."""
-    path = cache_dir / model_hash(model_dir) / ("model-int8.onnx" if int8 else "model.onnx")
+    path = export_file(cache_dir / model_hash(model_dir), int8)
     tokenizer = TextTokenizer.of(model_dir) if path.is_file() else None
     if tokenizer is None:
         return None

@@ -20,12 +20,15 @@ from torch import nn
 from ragtune.quant.linear import DEFAULT_SKIP, ReplaceReport, quantizable_linears
 
 
+def storage_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding `tensor`'s data (a torchao weight: its int8 values and scales)."""
+    inner = getattr(tensor, "tensor_data_names", None)
+    return [leaf for name in inner for leaf in storage_tensors(getattr(tensor, name))] if inner else [tensor]
+
+
 def weight_bytes(weight: torch.Tensor) -> int:
     """Bytes a weight holds, including a torchao tensor's int8 data and scales."""
-    inner = getattr(weight, "tensor_data_names", None)
-    if inner:
-        return sum(weight_bytes(getattr(weight, name)) for name in inner)
-    return weight.numel() * weight.element_size()
+    return sum(leaf.numel() * leaf.element_size() for leaf in storage_tensors(weight))
 
 
 def quantize_linear_int8(model: nn.Module, skip: Iterable[str] = DEFAULT_SKIP) -> ReplaceReport:
