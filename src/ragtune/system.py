@@ -17,6 +17,7 @@ only ``ragtune reindex``, which replaces them, builds with ``check_vectors=False
 
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +35,7 @@ from ragtune.retrieve.retriever import CrossEncoderReranker, Retriever
 from ragtune.store.base import VectorStore
 from ragtune.store.catalog import Catalog
 from ragtune.store.milvus import MilvusStore
+from ragtune.store.promotions import Promotions
 
 
 def open_catalog(settings: Settings) -> Catalog:
@@ -42,11 +44,36 @@ def open_catalog(settings: Settings) -> Catalog:
     return Catalog(settings.resolved_catalog_url(), settings.store.collection)
 
 
-def open_store(settings: Settings, dimension: int, upgrade_server: bool = False) -> MilvusStore:
-    """The Milvus collection named by the settings, for vectors of `dimension` (see
-    `MilvusStore` for `upgrade_server`)."""
+def live_settings(settings: Settings, catalog: Catalog) -> Settings:
+    """`settings` with the promoted embedder and adapter (`ragtune tune … --promote`) filled
+    in, where the settings do not name their own: a model you set explicitly, even an empty
+    adapter, always wins over a promotion."""
+    promotions = Promotions(catalog)
+    collection = settings.store.collection
+    update: dict[str, object] = {}
+    embedder = promotions.current(collection, "embedder")
+    if embedder is not None and "model" not in settings.embedding.model_fields_set:
+        update["embedding"] = settings.embedding.model_copy(update={"model": embedder.path})
+    adapter = promotions.current(collection, "answerer")
+    if adapter is not None and "adapter" not in settings.llm.model_fields_set:
+        update["llm"] = settings.llm.model_copy(update={"adapter": adapter.path})
+    return settings.model_copy(update=update) if update else settings
+
+
+def open_store(
+    settings: Settings, dimension: int, upgrade_server: bool = False, catalog: Catalog | None = None
+) -> MilvusStore:
+    """The store collection named by the settings, for vectors of `dimension`, in the Milvus
+    collection the catalog names live (``ragtune reindex`` switches it); `catalog`: the open
+    catalog to ask, else the settings' is opened for the question (see `MilvusStore` for
+    `upgrade_server`)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = settings.store
+    if catalog is None:
+        with closing(open_catalog(settings)) as opened:
+            physical = opened.physical(store.collection)
+    else:
+        physical = catalog.physical(store.collection)
     return MilvusStore(
         settings.resolved_milvus_uri(),
         store.collection,
@@ -54,6 +81,7 @@ def open_store(settings: Settings, dimension: int, upgrade_server: bool = False)
         store.milvus_token,
         timeout=store.milvus_timeout_seconds,
         upgrade_server=upgrade_server,
+        physical=physical,
     )
 
 
@@ -83,6 +111,15 @@ class System:
         self.close()
 
 
+def build_pipeline(settings: Settings, retriever: Retriever) -> RagPipeline:
+    """The answering pipeline over `retriever`: the configured generator, and what rewrites follow-ups."""
+    answerer = build_generator(settings, retriever.embedder)
+    # An LLM that answers also rewrites follow-ups and writes paraphrases; without one, rules condense.
+    condenser: Condenser = LlmCondenser(answerer) if isinstance(answerer, ChatModel) else RuleCondenser()
+    paraphraser = Paraphraser(answerer) if isinstance(answerer, ChatModel) else None
+    return RagPipeline(retriever, answerer, settings.answer.max_question_chars, condenser, paraphraser)
+
+
 def build(
     settings: Settings,
     *,
@@ -97,9 +134,14 @@ def build(
     catalog = open_catalog(settings)
     opened: VectorStore | None = None
     try:
+        settings = live_settings(settings, catalog)
         embedder = embedder or build_embedder(settings.embedding, settings.resolved_embedder_cache())
         if store is None:
-            store = opened = open_store(settings, embedder.dimension)
+            # The collection opens as its vectors are: `check_embedder` then says what differs
+            # from the embedder, and a reindex may replace them with vectors of another dimension.
+            recorded = catalog.embedder(settings.store.collection)
+            dimension = recorded.dimension if recorded is not None else embedder.dimension
+            store = opened = open_store(settings, dimension, catalog=catalog)
         if check_vectors:
             check_embedder(catalog, store, embedder)
         retrieval = settings.retrieval
@@ -109,13 +151,7 @@ def build(
             else None
         )
         retriever = Retriever(store, embedder, retrieval, reranker)
-        rag = None
-        if generator:
-            answerer = build_generator(settings, embedder)
-            # An LLM that answers also rewrites follow-ups and writes paraphrases; without one, rules condense.
-            condenser: Condenser = LlmCondenser(answerer) if isinstance(answerer, ChatModel) else RuleCondenser()
-            paraphraser = Paraphraser(answerer) if isinstance(answerer, ChatModel) else None
-            rag = RagPipeline(retriever, answerer, settings.answer.max_question_chars, condenser, paraphraser)
+        rag = build_pipeline(settings, retriever) if generator else None
     except BaseException:  # a store or catalog left open would keep its lock
         if opened is not None:
             opened.close()

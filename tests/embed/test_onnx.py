@@ -155,18 +155,18 @@ def test_a_collection_refuses_an_incompatible_embedder_until_reindexed(tmp_path,
 
         before = _stored_vectors(system.store)
         assert reembed(system.catalog, system.store, int8, progress=False) == chunks
+    with build(settings, embedder=int8, generator=False) as system:  # a new collection, now the live one
         after = _stored_vectors(system.store)
-    assert set(after) == set(before) and len(after) == chunks  # replaced in place, nothing added or lost
+    assert set(after) == set(before) and len(after) == chunks  # every chunk re-embedded, nothing added or lost
     cosines = np.array([before[i][1] @ after[i][1] for i in before])
     assert all(before[i][0] == after[i][0] for i in before)  # the same text under the same id
     assert cosines.max() < 0.99999 and cosines.min() > 0.97  # int8's vectors now, not torch's
-    build(settings, embedder=int8, generator=False).close()
     with pytest.raises(EmbedderMismatchError):
         build(settings, embedder=embedder, generator=False)
 
 
 def _stored_vectors(store) -> dict[str, tuple[str, np.ndarray]]:
-    rows = store._client.query(store.collection, filter='id != ""', output_fields=["id", "text", "dense"])
+    rows = store._client.query(store.physical, filter='id != ""', output_fields=["id", "text", "dense"])
     return {r["id"]: (r["text"], np.asarray(r["dense"], dtype=np.float32)) for r in rows}
 
 

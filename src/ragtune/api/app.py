@@ -31,8 +31,11 @@ from ragtune.api.errors import install_error_handlers
 from ragtune.api.metrics import MetricsMiddleware, ServiceMetrics, TimedEmbedder
 from ragtune.api.query_service import QueryService
 from ragtune.api.readiness import StoreProbe
-from ragtune.api.routes import collections, conversations, documents, health, keys, query, ui
+from ragtune.api.reload import Reloader
+from ragtune.api.routes import admin, collections, conversations, documents, health, keys, query, tune, ui
 from ragtune.api.security import Authenticator, AuthMiddleware, BodyLimitMiddleware, RateLimiter
+from ragtune.api.serving import Serving
+from ragtune.api.tune_runner import TuneRunner
 from ragtune.config import Settings
 from ragtune.embed import Embedder, build_embedder
 from ragtune.embed.batching import BatchingEmbedder
@@ -41,17 +44,24 @@ from ragtune.store.conversations import Conversations
 from ragtune.store.jobs import JobQueue
 from ragtune.store.keys import KeyStore
 from ragtune.store.timed import TimedStore
-from ragtune.system import build, open_store
+from ragtune.store.tune_jobs import TuneJobStore
+from ragtune.system import build, live_settings, open_catalog, open_store
 
 log = logging.getLogger("ragtune.api")
 
 _MULTIPART_OVERHEAD = 1024 * 1024  # part headers and boundaries around the files of one upload
 _WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take to finish
-_ROUTES = (health, documents, collections, query, conversations, keys, ui)
+_ROUTES = (health, documents, collections, query, conversations, keys, admin, tune, ui)
 
 
 def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
-    """The system (its embedder and store timed) and everything the routes use."""
+    """The system (its embedder and store timed) and everything the routes use, for `settings`
+    with the promoted models (`ragtune.system.live_settings`)."""
+    catalog = open_catalog(settings)
+    try:
+        settings = live_settings(settings, catalog)
+    finally:
+        catalog.close()
     # Timed outside the batching: a question's embedding time includes its wait to join a batch.
     timed_embedder = TimedEmbedder(
         BatchingEmbedder(embedder or build_embedder(settings.embedding, settings.resolved_embedder_cache())), metrics
@@ -79,10 +89,20 @@ def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedd
         conversations=conversation_store,
         authenticator=authenticator,
         limiter=RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst),
+        serving=Serving.of(system),
     )
+    services.serving.publish(metrics)
     if service.embedded_worker:
         services.worker = Worker(system.ingestor, queue, service, store_ready=probe.check)
     return services
+
+
+def _start_worker(services: Services) -> None:
+    if services.worker is not None:
+        services.worker_thread = threading.Thread(
+            target=services.worker.run, args=(services.worker_stop,), name="ragtune-worker", daemon=True
+        )
+        services.worker_thread.start()
 
 
 def create_app(settings: Settings | None = None, embedder: Embedder | None = None) -> FastAPI:
@@ -92,17 +112,22 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = await anyio.to_thread.run_sync(build_services, settings, metrics, embedder)
-        app.state.services = services
-        if services.worker is not None:
-            services.worker_thread = threading.Thread(
-                target=services.worker.run, args=(services.worker_stop,), name="ragtune-worker", daemon=True
-            )
-            services.worker_thread.start()
+        app.state.services = await anyio.to_thread.run_sync(build_services, settings, metrics, embedder)
+        _start_worker(app.state.services)
+        # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
+        app.state.reloader = Reloader(
+            app.state, settings, lambda wanted: build_services(wanted, metrics), _start_worker, _shutdown
+        )
+        # Its own catalog handle: a reload closes the services' one.
+        tune_catalog = open_catalog(settings)
+        app.state.tune_runner = TuneRunner(TuneJobStore(tune_catalog), settings, app.state.reloader.reload)
         try:
             yield
         finally:
-            await anyio.to_thread.run_sync(_shutdown, services)
+            app.state.tune_runner.join(_WORKER_STOP_SECONDS)
+            tune_catalog.close()
+            if app.state.services is not None:  # None only if a failed reload could not restart either
+                await anyio.to_thread.run_sync(_shutdown, app.state.services)
 
     app = FastAPI(
         title="ragtune",

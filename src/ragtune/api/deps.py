@@ -14,6 +14,7 @@ from ragtune.api.metrics import ServiceMetrics
 from ragtune.api.query_service import QueryService
 from ragtune.api.readiness import StoreProbe
 from ragtune.api.security import Authenticator, RateLimiter
+from ragtune.api.serving import Serving
 from ragtune.config import Settings
 from ragtune.ingest.worker import Worker
 from ragtune.store.conversations import Conversations
@@ -32,6 +33,7 @@ class Services:
     conversations: Conversations
     authenticator: Authenticator
     limiter: RateLimiter
+    serving: Serving  # the models served, for /ready and /metrics
     worker: Worker | None = None  # the in-process worker, when RAGTUNE_EMBEDDED_WORKER is on
     worker_stop: threading.Event = field(default_factory=threading.Event)
     worker_thread: threading.Thread | None = None

@@ -15,6 +15,7 @@ The names are a contract: the alerts and Grafana panels under deploy/ query exac
 | ragtune_documents | gauge | status (pending, indexed, failed) |
 | ragtune_chunks_indexed | gauge | |
 | ragtune_ready | gauge | |
+| ragtune_serving_info | gauge (1) | embedder, embedder_backend, embedder_promoted, generator, adapter, adapter_promoted |
 
 Embedding and vector-store calls are timed by wrapping the embedder and the store
 (`TimedEmbedder`, `ragtune.store.timed.TimedStore` reporting to `observe_store_call`) before
@@ -104,6 +105,12 @@ class ServiceMetrics:
         self.documents = Gauge("ragtune_documents", "Documents in the catalog by status.", ["status"], registry=r)
         self.chunks = Gauge("ragtune_chunks_indexed", "Chunks of indexed documents.", registry=r)
         self.ready = Gauge("ragtune_ready", "1 when the readiness checks pass, else 0.", registry=r)
+        self.serving = Gauge(
+            "ragtune_serving_info",
+            "The models served (value 1): the embedder, the generator and its LoRA adapter, and which were promoted.",
+            ["embedder", "embedder_backend", "embedder_promoted", "generator", "adapter", "adapter_promoted"],
+            registry=r,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.http_requests.labels(route=route, method=method, status=str(status)).inc()

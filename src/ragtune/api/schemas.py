@@ -47,10 +47,28 @@ class CheckResult(BaseModel):
     detail: str = ""
 
 
+class ServingOut(BaseModel):
+    """The models this process serves; `*_promoted_at` is set when a `ragtune tune … --promote` chose them."""
+
+    embedder: str
+    embedder_backend: str
+    dimension: int
+    embedder_promoted_at: datetime | None
+    generator: str
+    adapter: str = Field(description="The LoRA adapter directory of the local generator; empty: none.")
+    adapter_promoted_at: datetime | None
+
+
 class ReadinessResponse(BaseModel):
     ready: bool
     checks: dict[str, CheckResult]
+    serving: ServingOut | None = None
     error: ErrorBody | None = None
+
+
+class ReloadResponse(BaseModel):
+    reloaded: list[Literal["embedder", "adapter"]] = Field(description="What changed; empty when nothing did.")
+    serving: ServingOut
 
 
 # --- documents and jobs ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The commands live beside this file by what they do (`commands`: index, serve, administer;
 `ask`: questions and conversations; `evaluate`: measurements; `synth`: question sets made
-from the index); importing them registers them on `app`.
+from the index; `tune`: embedder and answerer tuning, promotion); importing them registers them on `app`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 
 import typer
 
-from ragtune.cli import ask, commands, evaluate, synth
+from ragtune.cli import ask, commands, evaluate, synth, tune
 from ragtune.cli.common import UsageError, app
 
-__all__ = ["app", "ask", "commands", "evaluate", "main", "synth"]
+__all__ = ["app", "ask", "commands", "evaluate", "main", "synth", "tune"]
 
 
 def main() -> None:

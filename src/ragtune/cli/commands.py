@@ -71,14 +71,18 @@ def ingest(
 
 @app.command()
 def reindex() -> None:
-    """Re-embed every stored chunk with the configured embedder (after changing its model or backend)."""
-    from ragtune.ingest.reembed import reembed
+    """Re-embed every stored chunk with the configured embedder (after changing its model or backend).
+
+    The chunks are re-embedded into a new Milvus collection, which replaces the live one once it
+    holds every chunk; until then searches use the old vectors. A stopped run continues where it
+    stopped when started again with the same embedder.
+    """
+    from ragtune.ingest.reembed import reindex as reindex_store
     from ragtune.system import build
 
     with build(load_settings(), generator=False, check_vectors=False) as system:
-        chunks = reembed(system.catalog, system.store, system.embedder)
-        embedder = f"{system.embedder.name} ({system.embedder.backend})"
-    typer.echo(f"re-embedded {chunks} chunks with {embedder}; {system.store.collection!r} now uses it")
+        report = reindex_store(system.catalog, system.store, system.embedder)
+    typer.echo(report.summary())
 
 
 @app.command("upgrade-store")

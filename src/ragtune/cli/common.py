@@ -42,6 +42,11 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 app.add_typer(quantize_app, name="quantize")
 app.add_typer(finetune_app, name="finetune")
+tune_app = typer.Typer(
+    help="Adapt the embedder and the answerer to the indexed documents, promoting a model only when it measures better.",
+    no_args_is_help=True,
+)
+app.add_typer(tune_app, name="tune")
 keys_app = typer.Typer(help="API keys for the HTTP service (stored hashed in the catalog).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

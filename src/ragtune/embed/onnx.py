@@ -36,6 +36,7 @@ log = logging.getLogger("ragtune.embed")
 # Bump when the export recipe changes: older exports then stop matching and are redone.
 _RECIPE = "2"
 _INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+_LONGEST_INPUT = 1 << 20  # tokens; a tokenizer's model_max_length above it is "unset"
 
 
 def model_hash(model_dir: Path) -> str:
@@ -212,11 +213,14 @@ class TextTokenizer:
     checks the tokens equal sentence-transformers' own.
     """
 
-    def __init__(self, model_dir: Path, max_length: int, lower_case: bool) -> None:
+    def __init__(self, model_dir: Path, max_length: int | None, lower_case: bool) -> None:
         from transformers import AutoTokenizer
 
-        self.max_length, self.lower_case = max_length, lower_case
         self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        # None: the model was saved by sentence-transformers 5.7 or later (a tuned one), which keeps
+        # the length in the tokenizer's model_max_length and truncates there.
+        self.max_length = int(self._tokenizer.model_max_length) if max_length is None else max_length
+        self.lower_case = lower_case
 
     @classmethod
     def of(cls, model_dir: Path) -> TextTokenizer | None:
@@ -227,9 +231,14 @@ class TextTokenizer:
         except (OSError, ValueError):
             return None
         first = modules[0].get("type", "") if isinstance(modules, list) and modules else ""
-        if first.rsplit(".", 1)[-1] != "Transformer" or not isinstance(config.get("max_seq_length"), int):
+        length = config.get("max_seq_length")
+        if first.rsplit(".", 1)[-1] != "Transformer" or not isinstance(length, (int, type(None))):
             return None
-        return cls(model_dir, config["max_seq_length"], bool(config.get("do_lower_case", False)))
+        if config.get("processing_kwargs"):  # tokenizer arguments of its own: sentence-transformers applies them
+            return None
+        tokenizer = cls(model_dir, length, bool(config.get("do_lower_case", False)))
+        # A tokenizer without a length of its own says 1e30: sentence-transformers' path decides then.
+        return tokenizer if tokenizer.max_length <= _LONGEST_INPUT else None
 
     def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.lower_case:

@@ -151,6 +151,18 @@ def bm25s_baseline(dataset: BeirDataset, query_ids: list[str]) -> dict[str, list
     return {q: [ids[j] for j in results[n]] for n, q in enumerate(query_ids)}
 
 
+def rank_queries(target: EvalTarget, queries: dict[str, str], mode: RetrievalMode) -> dict[str, list[str]]:
+    """Each query's distinct corpus ids, best first, searched in batches."""
+    rankings: dict[str, list[str]] = {}
+    ids = list(queries)
+    for start in range(0, len(ids), _QUERY_BATCH):
+        batch = ids[start : start + _QUERY_BATCH]
+        # Three chunks per document rank plenty of distinct documents for @10 metrics.
+        hits = target.system.retriever.run_many([queries[q] for q in batch], top_k=30, mode=mode)
+        rankings.update({q: target.ranking(h) for q, h in zip(batch, hits)})
+    return rankings
+
+
 def evaluate_retrieval(
     dataset_dir: str | Path,
     settings: Settings,
@@ -169,12 +181,7 @@ def evaluate_retrieval(
         dataset, dataset_dir, settings, index=index, judged=judged, embedder=embedder, generator=False
     ) as target:
         started = time.perf_counter()
-        rankings: dict[str, list[str]] = {}
-        for start in range(0, len(query_ids), _QUERY_BATCH):
-            batch = query_ids[start : start + _QUERY_BATCH]
-            # Three chunks per document rank plenty of distinct documents for @10 metrics.
-            hits = target.system.retriever.run_many([dataset.queries[q] for q in batch], top_k=30, mode=mode)
-            rankings.update({q: target.ranking(h) for q, h in zip(batch, hits)})
+        rankings = rank_queries(target, {q: dataset.queries[q] for q in query_ids}, mode)
         elapsed = time.perf_counter() - started
     qrels = {q: dataset.qrels[q] for q in query_ids}
     return {

@@ -58,9 +58,13 @@ def _key_help(key: str, default: bool = True) -> str:
     return f"{text[:1].upper()}{text[1:]}." + (f" Config key {key}, default {field.default!r}." if default else "")
 
 
-def _config_flag(key: str) -> Any:
-    """The typer option of a flag that overrides config key ``key`` (None: keep the file's value)."""
+def config_flag(key: str) -> Any:
+    """The typer option of a flag that overrides config key ``key`` (None: keep the file's value);
+    `ragtune tune answerer` declares its fine-tuning flags with it too."""
     return typer.Option(help=_key_help(key), show_default=False)
+
+
+SET_HELP = "Any config key, the value in YAML: --set lora_r=8 --set eval_every=20."
 
 
 @finetune_app.command("plan")
@@ -93,7 +97,7 @@ def plan(
     typer.echo("DeepSpeed: " + json.dumps(result.deepspeed_batch_config()))
 
 
-def _parse_set(pairs: list[str]) -> dict[str, Any]:
+def parse_set(pairs: list[str]) -> dict[str, Any]:
     import yaml
 
     values: dict[str, Any] = {}
@@ -113,19 +117,19 @@ def run(
     config_file: Annotated[
         Path | None, typer.Argument(metavar="CONFIG.yaml", help="The run's YAML config.", show_default=False)
     ] = None,
-    max_steps: Annotated[int | None, _config_flag("max_steps")] = None,
-    deepspeed: Annotated[int | None, _config_flag("deepspeed")] = None,
-    offload_optimizer: Annotated[str | None, _config_flag("offload_optimizer")] = None,
-    offload_params: Annotated[str | None, _config_flag("offload_params")] = None,
-    nvme_path: Annotated[Path | None, _config_flag("nvme_path")] = None,
-    pipeline_parallel: Annotated[int | None, _config_flag("pipeline_parallel")] = None,
-    tensor_parallel: Annotated[int | None, _config_flag("tensor_parallel")] = None,
+    max_steps: Annotated[int | None, config_flag("max_steps")] = None,
+    deepspeed: Annotated[int | None, config_flag("deepspeed")] = None,
+    offload_optimizer: Annotated[str | None, config_flag("offload_optimizer")] = None,
+    offload_params: Annotated[str | None, config_flag("offload_params")] = None,
+    nvme_path: Annotated[Path | None, config_flag("nvme_path")] = None,
+    pipeline_parallel: Annotated[int | None, config_flag("pipeline_parallel")] = None,
+    tensor_parallel: Annotated[int | None, config_flag("tensor_parallel")] = None,
     set_: Annotated[
         list[str],
         typer.Option(
             "--set",
             metavar="KEY=VALUE",
-            help="Any config key, the value in YAML: --set lora_r=8 --set eval_every=20.",
+            help=SET_HELP,
         ),
     ] = [],  # noqa: B006
     resume: Annotated[
@@ -150,7 +154,7 @@ def run(
         "tensor_parallel": tensor_parallel,
     }
     try:
-        config = FinetuneConfig.load(config_file, {**flags, **_parse_set(set_)})
+        config = FinetuneConfig.load(config_file, {**flags, **parse_set(set_)})
         from ragtune.finetune.trainer import train
 
         result = train(config, resume=resume, merge=merge)

@@ -51,7 +51,7 @@ class FinetuneConfig(BaseModel):
     devices: int | None = Field(None, ge=1, description="processes; default: the launcher's WORLD_SIZE")
     # optimisation
     max_steps: int = Field(100, ge=1, description="optimizer steps to train (a resumed run may change it)")
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (after warmup_steps, then the schedule)")
     warmup_steps: int = Field(10, ge=0)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0)
@@ -66,7 +66,7 @@ class FinetuneConfig(BaseModel):
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     eval_every: int = Field(0, ge=0, description="steps between eval-loss passes; 0 = only at the end")
     # LoRA / quantization
-    lora_r: int = Field(16, ge=1)
+    lora_r: int = Field(16, ge=1, description="LoRA rank: the inner dimension of each adapter")
     lora_alpha: float = Field(32, gt=0)
     lora_dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))

@@ -205,6 +205,12 @@ class Ingestor:
         self.settings, self.embedder, self.store, self.catalog = settings, embedder, store, catalog
         self.default_collection = store.collection
 
+    @property
+    def _written_to(self) -> tuple[str, str]:
+        """Where this ingestor's chunks go: the catalog refuses a change to a document whose
+        chunks went to a Milvus collection that ``ragtune reindex`` switched away from meanwhile."""
+        return self.store.collection, self.store.physical
+
     def filed(self, labels: Labels) -> Labels:
         """`labels` with their collection named: the default one when they name none."""
         collection = check_collection(labels.collection or self.default_collection)
@@ -271,7 +277,7 @@ class Ingestor:
         if record is None:
             return False
         self.store.delete_documents([record.id])
-        self.catalog.delete(record.id)
+        self.catalog.delete(record.id, self._written_to)
         return True
 
     # --- steps ---------------------------------------------------------------------------
@@ -361,7 +367,8 @@ class Ingestor:
         self.store.delete_documents(p.pending.id for p in batch)
         self.store.insert(chunks, vectors)
         self.catalog.mark_indexed(
-            IndexedDocument(p.pending.id, len(p.chunks), p.doc.content_type, p.doc.title) for p in batch
+            (IndexedDocument(p.pending.id, len(p.chunks), p.doc.content_type, p.doc.title) for p in batch),
+            self._written_to,
         )
         report.indexed.extend(p.pending.source for p in batch)
         report.chunks += len(chunks)
@@ -376,5 +383,5 @@ class Ingestor:
             if shard is not None and not in_shard(Path(source).relative_to(root).as_posix(), shard):
                 continue
             self.store.delete_documents([doc_id])
-            self.catalog.delete(doc_id)
+            self.catalog.delete(doc_id, self._written_to)
             report.removed.append(source)

@@ -71,7 +71,11 @@ class DocumentRow(TableBase):
 
 
 class EmbedderRow(TableBase):
-    """Which embedder produced the vectors of a collection (see `ragtune.ingest.reembed.check_embedder`)."""
+    """Which embedder produced the vectors of a store collection, and which Milvus collection
+    holds them (see `ragtune.ingest.reembed`): `physical` ('' for the store collection's own
+    name, as before ``ragtune reindex`` built new ones). `shadow` is the other Milvus collection
+    of the store collection, if any: the one a reindex is filling with `shadow_model`'s vectors,
+    or (`shadow_model` '') the previous one, which a switch left to drop."""
 
     __tablename__ = "embedders"
 
@@ -79,6 +83,11 @@ class EmbedderRow(TableBase):
     model: Mapped[str] = mapped_column(String(4096))
     backend: Mapped[str] = mapped_column(String(32))
     dimension: Mapped[int] = mapped_column(Integer)
+    physical: Mapped[str] = mapped_column(String(255), default="", server_default=text("''"))
+    shadow: Mapped[str] = mapped_column(String(255), default="", server_default=text("''"))
+    shadow_model: Mapped[str] = mapped_column(String(4096), default="", server_default=text("''"))
+    shadow_backend: Mapped[str] = mapped_column(String(32), default="", server_default=text("''"))
+    shadow_dimension: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
 
@@ -175,6 +184,26 @@ def _upgrade_documents(connection: Any, default_collection: str) -> None:
     if default_collection:
         connection.execute(
             update(DocumentRow).where(DocumentRow.collection == "").values(collection=default_collection)
+        )
+
+
+def _check_written(s: Session, written_to: tuple[str, str] | None) -> None:
+    """Refuses (CatalogError, rolling the transaction back) a document's change whose chunks
+    went to a Milvus collection that ``ragtune reindex`` has since switched away from: those
+    chunks are gone with it, and the document must stay as it was (pending: the next ingest
+    redoes it). Called after the transaction's first write, so SQLite holds its write lock and
+    the switch (`ragtune.store.reindexing`) cannot commit in between; on PostgreSQL the shared
+    row lock orders the two."""
+    if written_to is None:
+        return
+    collection, physical = written_to
+    s.flush()
+    query = select(EmbedderRow.physical).where(EmbedderRow.collection == collection).with_for_update(read=True)
+    active = s.scalar(query) or collection
+    if active != physical:
+        raise CatalogError(
+            f"`ragtune reindex` moved {collection!r} to Milvus collection {active!r} while this process wrote "
+            f"to {physical!r}: restart it (or POST /v1/admin/reload) and repeat this change"
         )
 
 
@@ -290,10 +319,16 @@ class Catalog:
             s.execute(select(1))
 
     def embedder(self, collection: str) -> EmbedderRecord | None:
-        """The embedder recorded for `collection`, if any."""
+        """The embedder recorded for `collection`, if any (a reindex may record none: model '')."""
         with self.session() as s:
             row = s.get(EmbedderRow, collection)
-            return EmbedderRecord(row.model, row.backend, row.dimension) if row else None
+            return EmbedderRecord(row.model, row.backend, row.dimension) if row and row.model else None
+
+    def physical(self, collection: str) -> str:
+        """The Milvus collection that holds the store collection `collection`'s chunks."""
+        with self.session() as s:
+            row = s.get(EmbedderRow, collection)
+            return row.physical if row is not None and row.physical else collection
 
     def record_embedder(self, collection: str, embedder: EmbedderRecord) -> None:
         for attempt in range(2):  # a process starting beside this one may insert the row first
@@ -320,7 +355,8 @@ class Catalog:
                 row.collection, row.meta = doc.collection, dict(doc.metadata)
                 s.add(row)
 
-    def mark_indexed(self, docs: Iterable[IndexedDocument]) -> None:
+    def mark_indexed(self, docs: Iterable[IndexedDocument], written_to: tuple[str, str] | None = None) -> None:
+        """`written_to`: (store collection, Milvus collection) the chunks were stored in; see `_check_written`."""
         with self.session() as s, s.begin():
             for doc in docs:
                 row = s.get(DocumentRow, doc.id)
@@ -328,6 +364,7 @@ class Catalog:
                     raise CatalogError(f"document {doc.id} vanished from the catalog while it was being indexed")
                 row.status, row.error, row.chunks = INDEXED, "", doc.chunks
                 row.content_type, row.title = doc.content_type, doc.title[:1024]
+            _check_written(s, written_to)
 
     def mark_failed(self, doc_id: str, source: str, error: str, size_bytes: int = 0, collection: str = "") -> None:
         """Record a failure; a previously indexed version keeps its hash and chunks."""
@@ -349,12 +386,14 @@ class Catalog:
                 error = f"{error} (the previously indexed version is still searchable)"
             row.status, row.error = FAILED, error[:4000]
 
-    def delete(self, doc_id: str) -> bool:
+    def delete(self, doc_id: str, written_to: tuple[str, str] | None = None) -> bool:
+        """`written_to`: (store collection, Milvus collection) the chunks were deleted from; see `_check_written`."""
         with self.session() as s, s.begin():
             row = s.get(DocumentRow, doc_id)
             if row is None:
                 return False
             s.delete(row)
+            _check_written(s, written_to)
             return True
 
     def close(self) -> None:

@@ -16,9 +16,7 @@ drift from the stored text.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
-import sys
+import copy
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import numpy as np
 
 from ragtune.store.base import StoreError, StoreLockedError, StoreUnavailableError, is_server_uri
 from ragtune.store.expressions import filter_expression, quoted_list
+from ragtune.store.lite_lock import LiteLock
 from ragtune.types import MAX_TAG_CHARS, MAX_TAGS, Chunk, Filters, Hit
 
 _INSERT_BATCH = 500  # measured: 10k rows with BM25 insert in ~2.5 s at 500/batch, 125 s as one batch
@@ -43,34 +42,10 @@ BM25_ANALYZER = {
 }
 
 
-class _LiteLock:
-    """Milvus Lite opens a data path from one process only; say who holds it, not just that."""
-
-    def __init__(self, data_path: Path) -> None:
-        self.path = data_path.with_name(data_path.name + ".owner")
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(self._fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(self._fd)
-            raise StoreLockedError(
-                f"the Milvus Lite data at {data_path} is in use by {owner}. Milvus Lite allows one "
-                "process per data path: stop that process, or talk to it (e.g. the API of a running "
-                "`ragtune serve`), or use a Milvus server (RAGTUNE_MILVUS_URI=http://host:19530)"
-            ) from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:300]})".encode(), 0)
-
-    def release(self) -> None:
-        if self._fd >= 0:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = -1
-
-
 class MilvusStore:
-    """Chunks with dense and BM25 vectors in one Milvus collection."""
+    """Chunks with dense and BM25 vectors in one Milvus collection: `physical`, which holds the
+    chunks of the store collection `collection` (RAGTUNE_COLLECTION; they differ once
+    ``ragtune reindex`` has moved the chunks to a new Milvus collection)."""
 
     def __init__(
         self,
@@ -80,25 +55,28 @@ class MilvusStore:
         token: str = "",
         timeout: float = 10.0,
         upgrade_server: bool = False,
+        physical: str = "",
     ) -> None:
-        """`upgrade_server`: upgrade an old collection on a Milvus server (`ragtune upgrade-store`)."""
+        """`upgrade_server`: upgrade an old collection on a Milvus server (`ragtune upgrade-store`);
+        `physical`: the Milvus collection (default: `collection`)."""
         from pymilvus import MilvusClient
         from pymilvus.exceptions import MilvusException
 
         if dimension <= 0:
             raise ValueError(f"dimension must be greater than 0; got {dimension}")
-        self.uri, self.collection, self.dimension = uri, collection, dimension
+        self.uri, self.collection, self.physical, self.dimension = uri, collection, physical or collection, dimension
         self._upgrade_server = upgrade_server
         # Every call, and the connection itself, carries a deadline (StoreSettings.
         # milvus_timeout_seconds): without one pymilvus retries a dead server for minutes.
         self.timeout = timeout
         self._client: Any = None
+        self._owns_client = True  # False in a `sibling`
         self._seen_rows = False  # see search_bm25
-        self._lock: _LiteLock | None = None
+        self._lock: LiteLock | None = None
         if not is_server_uri(uri):
             data_path = Path(uri).expanduser().resolve()
             data_path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock = _LiteLock(data_path)
+            self._lock = LiteLock(data_path)
             uri = str(data_path)
         try:
             self._client = MilvusClient(uri=uri, token=token, timeout=timeout)
@@ -125,27 +103,27 @@ class MilvusStore:
     def _ensure_collection(self) -> None:
         client = self._client
         has = set(client.list_collections(timeout=self.timeout))
-        fields = self._fields(self.collection) if self.collection in has else None
+        fields = self._fields(self.physical) if self.physical in has else None
         if fields is not None:
             dimension = fields.get("dense", {}).get("params", {}).get("dim")
             if dimension and int(dimension) != self.dimension:
                 raise StoreError(
-                    f"collection {self.collection!r} holds {dimension}-d vectors but the embedding model "
+                    f"collection {self.physical!r} holds {dimension}-d vectors but the embedding model "
                     f"gives {self.dimension}-d; use another RAGTUNE_COLLECTION or re-index into a new one"
                 )
         if self._upgrade_name in has or (fields is not None and "collection" not in fields):
             if is_server_uri(self.uri) and not self._upgrade_server:
                 # Every replica and worker opens the store as it starts; copies made by two of
                 # them at once would drop each other's. On Milvus Lite the data path's lock
-                # (`_LiteLock`) already makes this process the only one.
+                # (`LiteLock`) already makes this process the only one.
                 raise StoreError(
-                    f"collection {self.collection!r} on {self.uri} was made before ragtune had collections and "
+                    f"collection {self.physical!r} on {self.uri} was made before ragtune had collections and "
                     "metadata; stop every ragtune process using it, then upgrade it once: ragtune upgrade-store"
                 )
             self.upgrade()
         elif fields is None:
-            self._create(self.collection)
-        client.load_collection(self.collection, timeout=self.timeout)
+            self._create(self.physical)
+        client.load_collection(self.physical, timeout=self.timeout)
 
     def _fields(self, name: str) -> dict[str, dict[str, Any]]:
         """The collection's fields by name, as Milvus describes them."""
@@ -159,7 +137,7 @@ class MilvusStore:
     @property
     def _upgrade_name(self) -> str:
         """Where an upgrade copies the rows to (within Milvus' 255 characters)."""
-        return self.collection[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
+        return self.physical[: 255 - len(_UPGRADE_SUFFIX)] + _UPGRADE_SUFFIX
 
     def upgrade(self) -> None:
         """Brings a collection from before collections and metadata to the current schema, its
@@ -172,21 +150,21 @@ class MilvusStore:
         client = self._client
         upgrade = self._upgrade_name
         has = set(client.list_collections(timeout=self.timeout))
-        if self.collection in has and not self._current(self.collection):
+        if self.physical in has and not self._current(self.physical):
             if upgrade in has:  # a first copy left half-made
                 client.drop_collection(upgrade, timeout=self.timeout)
             self._create(upgrade)
             old_fields = [f for f in _OUTPUT_FIELDS if f not in ("collection", "metadata")]
-            self._copy(self.collection, upgrade, old_fields, {"collection": self.collection, "metadata": {}})
-            client.drop_collection(self.collection, timeout=self.timeout)
-            has.discard(self.collection)
+            self._copy(self.physical, upgrade, old_fields, {"collection": self.collection, "metadata": {}})
+            client.drop_collection(self.physical, timeout=self.timeout)
+            has.discard(self.physical)
         elif upgrade not in has:
             return  # nothing to upgrade
         # the copy is complete: the collection is made anew from it (again, if a copy back was stopped)
-        if self.collection in has:
-            client.drop_collection(self.collection, timeout=self.timeout)
-        self._create(self.collection)
-        self._copy(upgrade, self.collection, _OUTPUT_FIELDS, {})
+        if self.physical in has:
+            client.drop_collection(self.physical, timeout=self.timeout)
+        self._create(self.physical)
+        self._copy(upgrade, self.physical, _OUTPUT_FIELDS, {})
         client.drop_collection(upgrade, timeout=self.timeout)
 
     def _copy(self, source: str, target: str, fields: list[str], extra: dict[str, Any]) -> None:
@@ -207,7 +185,7 @@ class MilvusStore:
             copied += len(batch)
         rows.close()
         if copied != total:
-            raise StoreError(f"upgrading {self.collection!r} copied {copied} of {total} rows; start again to retry")
+            raise StoreError(f"upgrading {self.physical!r} copied {copied} of {total} rows; start again to retry")
 
     def _create(self, name: str) -> None:
         from pymilvus import DataType, Function, FunctionType
@@ -277,14 +255,14 @@ class MilvusStore:
             for c, v in zip(chunks, vectors)
         ]
         for start in range(0, len(rows), _INSERT_BATCH):
-            self._call(write, self.collection, rows[start : start + _INSERT_BATCH])
+            self._call(write, self.physical, rows[start : start + _INSERT_BATCH])
         return len(rows)
 
     def delete_documents(self, doc_ids: Iterable[str]) -> None:
         ids = list(doc_ids)
         if ids:
             self._seen_rows = False
-            self._call(self._client.delete, self.collection, filter=filter_expression(Filters(doc_ids=tuple(ids))))
+            self._call(self._client.delete, self.physical, filter=filter_expression(Filters(doc_ids=tuple(ids))))
 
     # --- reads ---------------------------------------------------------------------------
     def search_dense(self, vectors: np.ndarray, limit: int, filters: Filters | None = None) -> list[list[Hit]]:
@@ -314,7 +292,7 @@ class MilvusStore:
         for start in range(0, len(data), _SEARCH_BATCH):
             batch = self._call(
                 self._client.search,
-                self.collection,
+                self.physical,
                 data=data[start : start + _SEARCH_BATCH],
                 anns_field=field,
                 limit=limit,
@@ -328,7 +306,7 @@ class MilvusStore:
     def count(self, filters: Filters | None = None) -> int:
         rows = self._call(
             self._client.query,
-            self.collection,
+            self.physical,
             filter=filter_expression(filters),
             output_fields=["count(*)"],
         )
@@ -341,7 +319,7 @@ class MilvusStore:
             return []
         rows = self._call(
             self._client.query,
-            self.collection,
+            self.physical,
             filter=filter_expression(Filters(doc_ids=(doc_id,))),
             output_fields=_OUTPUT_FIELDS,
             limit=limit,
@@ -353,11 +331,11 @@ class MilvusStore:
             return []
         expression = f"id in {quoted_list(chunk_ids)}"
         # The same empty-result decoding failure as in `chunks`: look before querying.
-        found = self._call(self._client.query, self.collection, filter=expression, output_fields=["count(*)"])
+        found = self._call(self._client.query, self.physical, filter=expression, output_fields=["count(*)"])
         if not int(found[0]["count(*)"]):
             return []
         rows = self._call(
-            self._client.query, self.collection, filter=expression, output_fields=_OUTPUT_FIELDS, limit=len(chunk_ids)
+            self._client.query, self.physical, filter=expression, output_fields=_OUTPUT_FIELDS, limit=len(chunk_ids)
         )
         return sorted((_hit({"entity": r, "distance": 0.0}, "") for r in rows), key=lambda h: h.id)
 
@@ -366,14 +344,36 @@ class MilvusStore:
         self.count(Filters(doc_ids=("__ping__",)))
 
     def drop(self) -> None:
-        self._call(self._client.drop_collection, self.collection)
+        self._call(self._client.drop_collection, self.physical)
+
+    # --- the connection's other Milvus collections (`ragtune.ingest.reembed`) ----------------
+    def physical_collections(self) -> set[str]:
+        """The names of the Milvus collections on this store's connection."""
+        return set(self._call(self._client.list_collections))
+
+    def sibling(self, physical: str, dimension: int) -> MilvusStore:
+        """This store over another Milvus collection of its connection, made for `dimension`-d
+        vectors if missing. It shares the connection (Milvus Lite serves a data path to one
+        client only): closing it leaves the connection and the data path's lock to this store."""
+        from pymilvus.exceptions import MilvusException
+
+        if self._client is None:
+            raise StoreError("the store is closed")
+        other = copy.copy(self)
+        other.physical, other.dimension, other._seen_rows = physical, dimension, False
+        other._owns_client, other._lock = False, None
+        try:
+            other._ensure_collection()
+        except MilvusException as exc:
+            raise other._translate(exc) from exc
+        return other
 
     def close(self) -> None:
         client = getattr(self, "_client", None)
-        if client is not None:
+        if client is not None and self._owns_client:
             with contextlib.suppress(Exception):  # closing a dead connection must not mask the real error
                 client.close()
-            self._client = None
+        self._client = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -402,7 +402,7 @@ class MilvusStore:
             return StoreUnavailableError(
                 f"Milvus at {self.uri} is unreachable ({text[:200]}); check that the server is up"
             )
-        return StoreError(f"Milvus error on {self.collection!r}: {text[:500]}")
+        return StoreError(f"Milvus error on {self.physical!r}: {text[:500]}")
 
 
 _UNREACHABLE = ("unavailable", "connect", "deadline", "timeout", "timed out", "fail to", "not ready")

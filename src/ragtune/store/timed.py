@@ -51,6 +51,10 @@ class TimedStore:
         return self.inner.collection
 
     @property
+    def physical(self) -> str:
+        return self.inner.physical
+
+    @property
     def dimension(self) -> int:
         return self.inner.dimension
 
@@ -93,6 +97,13 @@ class TimedStore:
     def drop(self) -> None:
         with self._timed("drop"):
             self.inner.drop()
+
+    def physical_collections(self) -> set[str]:
+        return self.inner.physical_collections()
+
+    def sibling(self, physical: str, dimension: int) -> VectorStore:
+        # Untimed: a sibling is a reindex's shadow collection, not what the service serves.
+        return self.inner.sibling(physical, dimension)
 
     def close(self) -> None:
         self.inner.close()

@@ -129,3 +129,19 @@ def write_synthesis(synthesis: Synthesis, out: Path, about: dict[str, Any]) -> d
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def read_manifest(questions: Path) -> dict[str, Any]:
+    """The manifest of a set `write_synthesis` wrote into `questions`; SynthError when it is not one."""
+    if not questions.is_dir():
+        raise SynthError(f"{questions}: no such folder; make a question set with ragtune synth --out {questions}")
+    path = questions / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SynthError(f"{questions} is not a ragtune synth set: it has no {MANIFEST}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SynthError(f"cannot read {path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise SynthError(f"{path} is not a ragtune synth manifest (its format is not {FORMAT})")
+    return manifest

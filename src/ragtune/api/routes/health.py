@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ragtune.api.deps import ServicesDep
 from ragtune.api.readiness import readiness
-from ragtune.api.schemas import HealthResponse, ReadinessResponse
+from ragtune.api.schemas import HealthResponse, ReadinessResponse, ServingOut
 
 router = APIRouter(tags=["probes"])
 
@@ -23,10 +25,11 @@ async def health() -> HealthResponse:
     "/ready",
     response_model=ReadinessResponse,
     responses={503: {"model": ReadinessResponse, "description": "A dependency is down; `error` says which."}},
-    summary="Readiness: store, catalog and embedding model usable",
+    summary="Readiness: store, catalog and embedding model usable; which models are served",
 )
 def ready(services: ServicesDep) -> JSONResponse:
     result = readiness(services.system, services.probe)
+    result.serving = ServingOut(**asdict(services.serving))
     services.metrics.ready.set(1 if result.ready else 0)
     return JSONResponse(result.model_dump(mode="json"), status_code=200 if result.ready else 503)
 

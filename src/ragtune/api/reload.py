@@ -1,0 +1,90 @@
+"""`POST /v1/admin/reload`: rebuild what a promotion changed, from the same settings the
+service started with (`ragtune.system.live_settings` adds the promotions):
+
+- only the adapter: a new answering pipeline is built beside the old one and swapped in, so
+  queries never stop; requests already running finish on the old one;
+- the embedder: its vectors were re-embedded into a new collection (`ragtune reindex`), so the
+  store is reopened too. Milvus Lite allows one open store per process, so the old services
+  close first and requests answer 503 ``starting`` until the new ones are built (seconds).
+  If the new ones fail to build, the previous configuration is built again and the error is
+  returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ragtune.api.deps import Services
+from ragtune.api.serving import Serving
+from ragtune.config import Settings
+from ragtune.system import build_pipeline, live_settings
+
+log = logging.getLogger("ragtune.api")
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    reloaded: list[str]  # what changed: "embedder", "adapter"; empty when nothing did
+    serving: Serving
+
+
+class ReloadError(RuntimeError):
+    """The promoted configuration did not build; the service runs the previous one again."""
+
+
+class Reloader:
+    """Rebuilds the app's services for the current promotions; one reload at a time."""
+
+    def __init__(
+        self,
+        state: Any,  # the app's `state`, whose `services` the routes read
+        settings: Settings,
+        build_services: Callable[[Settings], Services],
+        start: Callable[[Services], None],
+        stop: Callable[[Services], None],
+    ) -> None:
+        self._state, self._settings = state, settings
+        self._build, self._start, self._stop = build_services, start, stop
+        self._lock = threading.Lock()
+
+    def reload(self) -> ReloadResult:
+        with self._lock:
+            services: Services = self._state.services
+            current = services.system.settings
+            wanted = live_settings(self._settings, services.system.catalog)
+            if wanted.embedding != current.embedding:
+                return ReloadResult(["embedder", "adapter"], self._rebuild(services, wanted))
+            if wanted.llm != current.llm:
+                return ReloadResult(["adapter"], self._swap_pipeline(services, wanted))
+            return ReloadResult([], services.serving)
+
+    def _swap_pipeline(self, services: Services, wanted: Settings) -> Serving:
+        system = services.system
+        old, system.rag = system.rag, build_pipeline(wanted, system.retriever)
+        system.settings = wanted
+        services.queries.rag = system.rag
+        services.serving = Serving.of(system)
+        services.serving.publish(services.metrics)
+        if old is not None:
+            old.close()
+        log.info("reloaded the answering pipeline: adapter %r", wanted.llm.adapter)
+        return services.serving
+
+    def _rebuild(self, services: Services, wanted: Settings) -> Serving:
+        self._state.services = None  # requests answer 503 `starting` meanwhile
+        self._stop(services)
+        try:
+            rebuilt = self._build(wanted)
+        except Exception as exc:
+            log.exception("the promoted configuration did not build; starting the previous one again")
+            self._state.services = previous = self._build(services.system.settings)
+            self._start(previous)
+            raise ReloadError(f"the promoted models did not load ({exc}); the service runs the previous ones") from exc
+        self._start(rebuilt)
+        self._state.services = rebuilt
+        log.info("reloaded: embedder %s, adapter %r", rebuilt.serving.embedder, rebuilt.serving.adapter)
+        return rebuilt.serving

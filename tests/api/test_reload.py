@@ -1,0 +1,103 @@
+"""`POST /v1/admin/reload`: a promoted adapter is served without a restart, and /ready and /metrics say so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ragtune.store.keys import KeyStore
+from ragtune.tune.promote import promote
+from ragtune.tune.report import TuneReport
+from tests.api.support import app_client, service_settings
+from tests.builders import build_tiny_llama
+
+ADMIN_KEY = "rt_reload_admin_key"
+
+
+def _adapter(base: Path, target: Path) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    # init_lora_weights=False: random A and B, so the adapter changes the outputs.
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(base), config).save_pretrained(target)
+    return target
+
+
+def _logits(services) -> torch.Tensor:
+    lm = services.system.rag.generator.lm
+    with torch.inference_mode():
+        return lm.model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits[0, -1]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def test_reload_serves_a_promoted_adapter_and_reports_it(tmp_path, embedder, tiny_llama):
+    settings = service_settings(
+        tmp_path / "data", generator="local", llm_model=str(tiny_llama), llm_max_new_tokens=4, api_keys=ADMIN_KEY
+    )
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with app_client(settings, embedder) as client:
+        before = client.get("/ready", headers=admin).json()["serving"]
+        assert before["adapter"] == "" and before["adapter_promoted_at"] is None and before["generator"] == "local"
+        assert before["embedder"] == embedder.name and before["embedder_promoted_at"] is None
+        assert 'adapter="",adapter_promoted="false"' in client.get("/metrics", headers=admin).text
+        base_logits = _logits(client.app.state.services)
+
+        reader = KeyStore(client.app.state.services.system.catalog).create("r", role="reader").secret
+        client.app.state.services.authenticator.refresh()
+        refused = client.post("/v1/admin/reload", headers={"Authorization": f"Bearer {reader}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+        assert client.post("/v1/admin/reload", headers=admin).json()["reloaded"] == []  # nothing promoted yet
+
+        adapter = _adapter(tiny_llama, tmp_path / "adapter")
+        report = TuneReport("answerer", str(adapter), "f1", before={"f1": 0.1}, after={"f1": 0.2})
+        assert promote(settings, report).promote  # what `ragtune tune answerer --promote` does
+        reloaded = client.post("/v1/admin/reload", headers=admin)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["reloaded"] == ["adapter"]
+        serving = client.get("/ready", headers=admin).json()["serving"]
+        assert serving["adapter"] == str(adapter.resolve()) and serving["adapter_promoted_at"] is not None
+        assert serving["embedder"] == before["embedder"]  # the embedder was not touched
+        metrics = client.get("/metrics", headers=admin).text
+        assert f'adapter="{adapter.resolve()}",adapter_promoted="true"' in metrics
+        assert metrics.count("ragtune_serving_info{") == 1  # the old series is gone
+        assert not torch.allclose(_logits(client.app.state.services), base_logits, atol=1e-4)  # the adapter is on
+        answered = client.post("/v1/query", json={"question": "What is on?"}, headers=admin)
+        assert answered.status_code == 200, answered.text
+        assert client.post("/v1/admin/reload", headers=admin).json()["reloaded"] == []
+
+
+def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vectors(tmp_path, embedder):
+    from tests.api.support import SAMPLES, sample_files, wait_for_job
+    from tests.tune.test_embedder import tiny_sentence_model
+
+    tuned = tiny_sentence_model(tmp_path / "tuned", (p.read_text(errors="replace") for p in SAMPLES.iterdir()))
+    settings = service_settings(tmp_path / "data", embedding_backend="torch")
+    with app_client(settings, embedder) as client:
+        accepted = client.post("/v1/documents", files=sample_files())
+        assert wait_for_job(client, accepted.json()["job_id"])["state"] == "done"
+        services = client.app.state.services
+        before_collection = services.system.store.physical
+        report = TuneReport("embedder", str(tuned), "hybrid_ndcg@10", {"hybrid_ndcg@10": 0.5}, {"hybrid_ndcg@10": 0.6})
+        # What a `/v1/tune/embedder` job with "promote": true does, on the service's own store.
+        assert promote(settings, report, system=services.system).promote
+
+        reloaded = client.post("/v1/admin/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["reloaded"] == ["embedder", "adapter"]
+        serving = client.get("/ready").json()
+        assert serving["ready"], serving
+        assert serving["serving"]["embedder"] == str(tuned.resolve()) and serving["serving"]["dimension"] == 32
+        assert serving["serving"]["embedder_promoted_at"] is not None
+        fresh = client.app.state.services
+        assert fresh is not services and fresh.system.store.physical != before_collection
+        answer = client.post("/v1/query", json={"question": "How do I reset my password?"})
+        assert answer.status_code == 200 and answer.json()["citations"], answer.text
+        assert 'embedder_promoted="true"' in client.get("/metrics").text
