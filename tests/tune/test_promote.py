@@ -116,3 +116,26 @@ def test_cli_promote_and_status(tmp_path, monkeypatch, capsys):
     assert junk.code == 2 and "is not a ragtune tuning report" in junk.stderr
     missing = ragtune("promote", tmp_path / "missing.json")
     assert missing.code == 2 and "missing.json" in missing.stderr
+
+
+def test_a_promoted_embedder_comes_with_its_vectors_and_is_what_the_next_build_serves(tmp_path, embedder):
+    from ragtune.system import build
+    from tests.tune.conftest import DOCUMENTS
+    from tests.tune.test_embedder import tiny_sentence_model
+
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for name, text in DOCUMENTS.items():
+        (corpus / name).write_text(text, encoding="utf-8")
+    settings = Settings(data_dir=tmp_path / "data", embedding_backend="torch")  # the model is not pinned
+    with build(settings, embedder=embedder, generator=False) as system:  # the configured model, 384-d
+        assert len(system.ingestor.ingest_paths([corpus]).indexed) == len(DOCUMENTS)
+        chunks = system.store.count()
+    tuned = tiny_sentence_model(tmp_path / "tuned", DOCUMENTS.values())  # another space, 32-d
+    report = TuneReport("embedder", str(tuned), "hybrid_ndcg@10", {"hybrid_ndcg@10": 0.5}, {"hybrid_ndcg@10": 0.6})
+
+    assert promote(settings, report, progress=False).promote  # no system given: it opens the index itself
+    with build(settings, generator=False) as system:
+        assert system.embedder.name == str(tuned.resolve()) and system.embedder.dimension == 32
+        assert system.store.count() == chunks  # every chunk re-embedded, none lost
+        assert system.retriever.run("When does the office kitchen open?", mode="dense")
