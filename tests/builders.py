@@ -4,9 +4,11 @@ binary fixtures are needed, and a tiny Llama with its tokenizer, so no model is 
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -415,3 +417,49 @@ def with_member(archive_bytes: bytes, member: str, body: bytes) -> bytes:
 requires_tesseract = pytest.mark.skipif(
     shutil.which("tesseract") is None, reason="Tesseract is not installed (run scripts/system-deps/tesseract.sh)"
 )
+
+
+# Words the rules' questions add to a chunk's own, so a tokenizer made from the chunks knows them.
+QUESTION_WORDS = ["what", "which", "year", "how", "many", "number", "?"]
+
+
+def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
+    """A 2-layer BERT (hidden 32, random weights) with mean pooling and normalisation, its
+    word-level tokenizer made from `texts`, saved as a sentence-transformers model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())} | set(QUESTION_WORDS))
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    )
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory / "bert")
+    tokenizer.save_pretrained(directory / "bert")
+    modules = [Transformer(str(directory / "bert"), max_seq_length=128), Pooling(32, "mean"), Normalize()]
+    SentenceTransformer(modules=modules, device="cpu").save(str(directory / "model"))
+    return directory / "model"

@@ -76,7 +76,7 @@ def test_reload_serves_a_promoted_adapter_and_reports_it(tmp_path, embedder, tin
 
 def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vectors(tmp_path, embedder):
     from tests.api.support import SAMPLES, sample_files, wait_for_job
-    from tests.tune.test_embedder import tiny_sentence_model
+    from tests.builders import tiny_sentence_model
 
     tuned = tiny_sentence_model(tmp_path / "tuned", (p.read_text(errors="replace") for p in SAMPLES.iterdir()))
     settings = service_settings(tmp_path / "data", embedding_backend="torch")

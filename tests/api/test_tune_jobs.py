@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.api.support import SAMPLES, app_client, sample_files, service_settings, wait_for_job, wait_until
-from tests.tune.test_embedder import tiny_sentence_model
+from tests.builders import tiny_sentence_model
 
 # Large enough steps for a random 2-layer model to learn something in a few seconds.
 JOB = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "per_chunk": 2, "holdout": 0.4}

@@ -8,10 +8,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import re
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,55 +22,13 @@ from ragtune.eval.datasets import BeirDataset, CorpusDoc, load_beir
 from ragtune.system import build
 from ragtune.tune.pairs import QuestionSet, mine_examples, usable_negative
 from ragtune.tune.report import TuneReport
+from tests.builders import tiny_sentence_model
 from tests.inprocess import Result
 from tests.tune.conftest import CHUNKING, DOCUMENTS
 
 METRICS = {f"{mode}_{metric}" for mode in ("dense", "hybrid", "bm25") for metric in ("ndcg@10", "recall@5")}
 # Large enough steps for a random 2-layer model to learn something in a few seconds.
 TRAINING = ["--batch-size", "4", "--epochs", "4", "--learning-rate", "1e-3"]
-QUESTION_WORDS = ["what", "which", "year", "how", "many", "number", "?"]
-
-
-def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
-    """A 2-layer BERT (hidden 32, random weights) with mean pooling and normalisation, its
-    word-level tokenizer made from `texts`, saved as a sentence-transformers model."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
-    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())} | set(QUESTION_WORDS))
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=128,
-    )
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertModel(config).save_pretrained(directory / "bert")
-    tokenizer.save_pretrained(directory / "bert")
-    modules = [Transformer(str(directory / "bert"), max_seq_length=128), Pooling(32, "mean"), Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(directory / "model"))
-    return directory / "model"
 
 
 @contextlib.contextmanager

@@ -120,8 +120,8 @@ def test_cli_promote_and_status(tmp_path, monkeypatch, capsys):
 
 def test_a_promoted_embedder_comes_with_its_vectors_and_is_what_the_next_build_serves(tmp_path, embedder):
     from ragtune.system import build
+    from tests.builders import tiny_sentence_model
     from tests.tune.conftest import DOCUMENTS
-    from tests.tune.test_embedder import tiny_sentence_model
 
     corpus = tmp_path / "docs"
     corpus.mkdir()
