@@ -23,8 +23,8 @@ from ragtune.tune.report import TuneReport
 from ragtune.tune.synth import SynthError, SynthOptions, synthesize, writer_for
 
 Stages = list[str]
-EMBEDDER_STAGES: Stages = ["writing questions", "training and measuring", "promoting", "reloading"]
-ANSWERER_STAGES: Stages = ["writing questions", "training and measuring", "promoting", "reloading"]
+# Both kinds go through the same stages (the runner adds "reloading" after a promotion).
+STAGES: Stages = ["writing questions", "training and measuring", "promoting", "reloading"]
 
 
 def _promoted(
@@ -65,7 +65,7 @@ def embedder_work(services: Services, runner: TuneRunner, body: TuneEmbedderRequ
         stage("promoting")
         return _promoted(runner, services, body, report)
 
-    return EMBEDDER_STAGES, work
+    return STAGES, work
 
 
 def answerer_work(services: Services, runner: TuneRunner, body: TuneAnswererRequest) -> tuple[Stages, TuneWork]:
@@ -104,4 +104,4 @@ def answerer_work(services: Services, runner: TuneRunner, body: TuneAnswererRequ
         stage("promoting")
         return _promoted(runner, services, body, report)
 
-    return ANSWERER_STAGES, work
+    return STAGES, work
