@@ -129,7 +129,7 @@ def test_training_changes_the_weights_and_lowers_the_loss(tuned, base_model):
     pairs = _train_pairs(out / "questions")
     assert _loss(out / "model", pairs) < _loss(base_model, pairs)
     loss = json.loads(result.stdout)["details"]["training"]["loss"]
-    assert loss["last"] < loss["first"]
+    assert loss["last_epoch"] < loss["first_epoch"]
 
 
 @pytest.mark.slow

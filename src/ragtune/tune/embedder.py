@@ -163,8 +163,14 @@ def _measured(
         return measure(target, questions.holdout), rank_queries(target, judged(questions.train), _MINING_MODE)
 
 
-def _loss_log(history: list[dict[str, float]]) -> list[float]:
-    return [entry["loss"] for entry in history if "loss" in entry]
+def _epoch_losses(history: list[dict[str, float]]) -> dict[str, float]:
+    """Mean training loss over the first and over the last epoch. One step's loss depends on which
+    texts share its batch (they are its negatives), so single steps are too noisy to compare."""
+    logged = [(entry["epoch"], entry["loss"]) for entry in history if "loss" in entry]
+    end = logged[-1][0]
+    first = [loss for epoch, loss in logged if epoch <= 1 + 1e-6]
+    last = [loss for epoch, loss in logged if epoch > end - 1 + 1e-6]
+    return {"first_epoch": sum(first) / len(first), "last_epoch": sum(last) / len(last)}
 
 
 def train(
@@ -204,7 +210,8 @@ def train(
             model=model,
             args=args,
             train_dataset=Dataset.from_dict(columns(examples)),
-            eval_dataset=Dataset.from_dict(columns(holdout)) if len(holdout) > 1 else None,
+            # The held-out loss needs two chunks at least: a lone chunk has no negative to rank below it.
+            eval_dataset=Dataset.from_dict(columns(holdout)) if len({e.positive for e in holdout}) > 1 else None,
             loss=MultipleNegativesRankingLoss(model),
         )
         for printing in (PrinterCallback, ProgressCallback):  # either prints every log on stdout
@@ -214,8 +221,7 @@ def train(
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
-        losses = _loss_log(trainer.state.log_history)
-        loss = {"first": losses[0], "last": losses[-1], "mean": output.training_loss}
+        loss = _epoch_losses(trainer.state.log_history) | {"mean": output.training_loss}
         if held_out is not None:
             loss |= {"holdout_before": held_out, "holdout_after": trainer.evaluate()["eval_loss"]}
     return {
@@ -383,7 +389,8 @@ def training_summary(report: TuneReport) -> str:
     return (
         f"trained {report.details['base_model']} on {training['examples']} questions "
         f"({report.details['hard_negatives']['mined']} hard negatives) in {training['seconds']} s, "
-        f"{training['steps']} steps; training loss {loss['first']:.3f} -> {loss['last']:.3f}\n"
+        f"{training['steps']} steps; mean training loss {loss['first_epoch']:.3f} in the first epoch, "
+        f"{loss['last_epoch']:.3f} in the last\n"
         f"measured on {data['holdout_questions']} held-out questions over {data['holdout_corpus']} chunks, "
         f"embedded by {report.details['backend']}; {report.main_metric} is the mode you serve"
     )
