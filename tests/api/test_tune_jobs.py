@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tests.api.support import SAMPLES, app_client, sample_files, service_settings, wait_for_job, wait_until
@@ -41,6 +42,10 @@ def test_an_embedder_job_reports_before_and_after_and_leaves_the_served_model(tm
         assert Path(report["model"]) == (settings.data_dir / "tune" / job_id / "model").resolve()
         assert (Path(report["model"]) / "config.json").is_file()
         assert (settings.data_dir / "tune" / job_id / "report.json").is_file()
+        manifest = json.loads((settings.data_dir / "tune" / job_id / "questions" / "manifest.json").read_text())
+        assert manifest["source"]["index"] and manifest["writer"] == "rules"
+        assert (manifest["per_chunk"], manifest["holdout"], manifest["unanswerable"]) == (2, 0.4, 0.0)
+        assert manifest["chunk_size"] == settings.ingest.chunk_size and manifest["embedding_model"] == str(base)
         assert client.get("/v1/tune/jobs").json()["jobs"][0]["id"] == job_id
         assert client.get("/ready").json()["serving"]["embedder"] == str(base)  # nothing promoted
         assert client.get("/v1/tune/promotions").json() == {"promotions": []}

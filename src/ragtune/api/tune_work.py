@@ -17,7 +17,7 @@ from ragtune.api.errors import ApiError
 from ragtune.api.tune_runner import TuneRunner, TuneWork
 from ragtune.api.tune_schemas import TuneAnswererRequest, TuneEmbedderRequest
 from ragtune.eval.index import describe
-from ragtune.tune.dataset import write_synthesis
+from ragtune.tune.dataset import describe_synthesis, write_synthesis
 from ragtune.tune.promote import promote
 from ragtune.tune.report import TuneReport
 from ragtune.tune.synth import SynthError, SynthOptions, synthesize, writer_for
@@ -83,18 +83,8 @@ def answerer_work(services: Services, runner: TuneRunner, body: TuneAnswererRequ
         stage("writing questions")
         writer = writer_for(system)
         synthesis = synthesize(system, writer, synth, stage)
-        about = {
-            "source": {"index": describe(settings)},
-            "writer": writer.name,
-            "seed": body.seed,
-            "per_chunk": body.per_chunk,
-            "unanswerable": body.unanswerable,
-            "holdout": body.holdout,
-            "round_trip_top_k": synth.top_k,
-            "retrieval_mode": settings.retrieval.mode,
-            "embedding_model": settings.embedding.model,
-        }
-        write_synthesis(synthesis, out / "questions", about)
+        source = {"index": describe(settings)}
+        write_synthesis(synthesis, out / "questions", describe_synthesis(source, writer.name, synth, settings))
         stage("training and measuring")
         # Measured on a scratch copy of the held-out corpus (every chunk of the index): the live
         # store is this process's, and Milvus Lite lets one handle open it.

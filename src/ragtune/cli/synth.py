@@ -67,7 +67,7 @@ def synth(
     The index is only read.
     """
     from ragtune.eval.index import EmptyIndexError, describe, open_index
-    from ragtune.tune.dataset import check_output, write_synthesis
+    from ragtune.tune.dataset import check_output, describe_synthesis, write_synthesis
     from ragtune.tune.synth import SynthError, SynthOptions, scratch_index, synthesize, writer_for
 
     settings = load_settings()
@@ -87,21 +87,7 @@ def synth(
             writer = writer_for(system)
             synthesis = synthesize(system, writer, options)
             source = {"corpus": str(corpus.resolve())} if corpus is not None else {"index": describe(settings)}
-            about = {
-                "source": source,
-                "writer": writer.name,
-                "seed": seed,
-                "tag": tag,
-                "per_chunk": per_chunk,
-                "unanswerable": unanswerable,
-                "holdout": holdout,
-                "round_trip_top_k": options.top_k,
-                "retrieval_mode": settings.retrieval.mode,
-                "embedding_model": settings.embedding.model,
-                "chunk_size": settings.ingest.chunk_size,
-                "chunk_overlap": settings.ingest.chunk_overlap,
-            }
-            manifest = write_synthesis(synthesis, out, about)
+            manifest = write_synthesis(synthesis, out, describe_synthesis(source, writer.name, options, settings))
     except (SynthError, EmptyIndexError) as exc:
         raise UsageError(str(exc)) from None
     if as_json:

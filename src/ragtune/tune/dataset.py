@@ -27,8 +27,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ragtune.config import Settings
 from ragtune.eval.datasets import write_beir, write_jsonl
-from ragtune.tune.synth import Pair, SynthError, Synthesis, UnanswerableRow
+from ragtune.tune.synth import Pair, SynthError, Synthesis, SynthOptions, UnanswerableRow
 from ragtune.types import Hit
 
 MANIFEST = "manifest.json"
@@ -93,6 +94,27 @@ def _write_split(directory: Path, synthesis: Synthesis, name: str) -> dict[str, 
         "with_answers": sum(p.answer is not None for p in pairs),
         "unanswerable": len(unanswerable),
         "finetune_rows": finetune,
+    }
+
+
+def describe_synthesis(
+    source: dict[str, str], writer: str, options: SynthOptions, settings: Settings
+) -> dict[str, Any]:
+    """What a manifest records of how its set was made, whoever made it (`ragtune synth`, `tune
+    embedder`, a `/v1/tune` job): the source, the writer, the options and the index's settings."""
+    return {
+        "source": source,
+        "writer": writer,
+        "seed": options.seed,
+        "tag": options.tag,
+        "per_chunk": options.per_chunk,
+        "unanswerable": options.unanswerable,
+        "holdout": options.holdout,
+        "round_trip_top_k": options.top_k,
+        "retrieval_mode": settings.retrieval.mode,
+        "embedding_model": settings.embedding.model,
+        "chunk_size": settings.ingest.chunk_size,
+        "chunk_overlap": settings.ingest.chunk_overlap,
     }
 
 

@@ -44,7 +44,7 @@ from ragtune.eval.index import describe, open_index
 from ragtune.eval.metrics import retrieval_metrics
 from ragtune.eval.runner import ScratchTarget, indexed_dataset, log_progress, rank_queries
 from ragtune.system import System, live_settings, open_catalog
-from ragtune.tune.dataset import check_output, write_synthesis
+from ragtune.tune.dataset import check_output, describe_synthesis, write_synthesis
 from ragtune.tune.pairs import (
     Example,
     QuestionSet,
@@ -249,25 +249,11 @@ def _save(model: SentenceTransformer, out: Path) -> Path:
 
 def write_question_set(system: System, options: EmbedderOptions, out: Path, source: dict[str, str], log: Log) -> None:
     """The rules' (or the configured LLM's) questions about `system`'s index, written to `out`."""
+    # No unanswerable questions: an embedder learns nothing from a question without an answer here.
     synth = SynthOptions(options.per_chunk, 0.0, options.holdout, ROUND_TRIP_TOP_K, options.seed)
     writer = writer_for(system)
     synthesis = synthesize(system, writer, synth, log)
-    settings = system.settings
-    about = {
-        "source": source,
-        "writer": writer.name,
-        "seed": options.seed,
-        "tag": None,
-        "per_chunk": options.per_chunk,
-        "unanswerable": 0.0,  # an embedder learns nothing from a question without an answer here
-        "holdout": options.holdout,
-        "round_trip_top_k": ROUND_TRIP_TOP_K,
-        "retrieval_mode": settings.retrieval.mode,
-        "embedding_model": settings.embedding.model,
-        "chunk_size": settings.ingest.chunk_size,
-        "chunk_overlap": settings.ingest.chunk_overlap,
-    }
-    write_synthesis(synthesis, out, about)
+    write_synthesis(synthesis, out, describe_synthesis(source, writer.name, synth, system.settings))
 
 
 def _base_model(settings: Settings) -> Path:
