@@ -28,7 +28,7 @@ from tests.tune.conftest import CHUNKING, DOCUMENTS
 
 METRICS = {f"{mode}_{metric}" for mode in ("dense", "hybrid", "bm25") for metric in ("ndcg@10", "recall@5")}
 # Large enough steps for a random 2-layer model to learn something in a few seconds.
-TRAINING = ["--batch-size", "4", "--epochs", "4", "--learning-rate", "1e-3"]
+TRAINING = ["--batch-size", "4", "--epochs", "4", "--learning-rate", "1e-3", "--per-chunk", "2", "--holdout", "0.34"]
 
 
 @contextlib.contextmanager
@@ -96,7 +96,9 @@ def test_the_command_reports_every_metric_before_and_after_and_leaves_the_index_
     assert details["hard_negatives"]["mined"] == details["training"]["examples"]  # one each
     questions = details["questions"]
     assert questions["writer"] == "rules" and questions["round_trip_top_k"] == 20
-    assert (out / "questions" / "manifest.json").is_file() and questions["holdout_questions"] > 0
+    assert questions["holdout_questions"] > 0
+    manifest = json.loads((out / "questions" / "manifest.json").read_text())
+    assert (manifest["per_chunk"], manifest["holdout"], manifest["unanswerable"]) == (2, 0.34, 0.0)
     # The live index still holds the base model's vectors: building over it checks that.
     with environment(live, out.parent), build(Settings(), generator=False) as system:
         assert system.embedder.name == str(base_model) and system.store.count() > 0
@@ -206,6 +208,10 @@ def empty_index(tmp_path_factory: pytest.TempPathFactory, base_model: Path) -> d
         (["--batch-size", "1"], {}, "--batch-size must be 2 to 1024"),
         (["--epochs", "0"], {}, "--epochs must be above 0"),
         (["--learning-rate", "0"], {}, "--learning-rate must be above 0"),
+        (["--hard-negatives", "11"], {}, "--hard-negatives must be 0 to 10"),
+        (["--per-chunk", "0"], {}, "--per-chunk must be 1 to 20"),
+        (["--holdout", "1"], {}, "--holdout must be above 0 and below 1"),
+        (["--questions", "{set}", "--per-chunk", "2"], {}, "a --questions set has its own"),
         (["--corpus", "{missing}"], {}, "--corpus {missing}: no such folder"),
         (["--corpus", "{corpus}", "--questions", "{set}"], {}, "--corpus and --questions both"),
         (["--questions", "{missing}"], {}, "no such folder"),

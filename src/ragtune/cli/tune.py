@@ -207,6 +207,16 @@ def embedder(
         int, typer.Option(help="Questions per step; each is ranked against the batch's other chunks.")
     ] = 32,
     learning_rate: Annotated[float, typer.Option(help="Peak learning rate (10% warmup, then linear decay).")] = 5e-5,
+    hard_negatives: Annotated[
+        int, typer.Option(help="Retrieved chunks per question trained as negatives, besides the batch's.")
+    ] = 1,
+    per_chunk: Annotated[
+        int | None, typer.Option(help="Questions written per chunk [default: 3] (not with --questions).")
+    ] = None,
+    holdout: Annotated[
+        float | None,
+        typer.Option(help="Share of documents held out for measuring [default: 0.3] (not with --questions)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Fixes the split, the questions and the training order.")] = 0,
     promote: Annotated[bool, typer.Option("--promote", help=PROMOTE_HELP)] = False,
     margin: Annotated[float, typer.Option(min=0.0, help=MARGIN_HELP)] = 0.01,
@@ -230,10 +240,21 @@ def embedder(
     from ragtune.tune.pairs import TuneError
     from ragtune.tune.synth import SynthError
 
+    if questions is not None and (per_chunk, holdout) != (None, None):
+        raise UsageError("--per-chunk and --holdout shape the questions written here; a --questions set has its own")
     if promote:
         check_promotable("embedder")
     try:
-        options = EmbedderOptions(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
+        default = EmbedderOptions()
+        options = EmbedderOptions(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            hard_negatives=hard_negatives,
+            per_chunk=default.per_chunk if per_chunk is None else per_chunk,
+            holdout=default.holdout if holdout is None else holdout,
+            seed=seed,
+        )
         # What the training libraries print (DeepSpeed's accelerator notice, on import) is not the report.
         with contextlib.redirect_stdout(sys.stderr):
             report = tune_embedder(load_settings(), out, options, corpus=corpus, questions=questions)

@@ -93,7 +93,13 @@ class EmbedderOptions:
         if not 0 <= self.warmup_ratio < 1:
             raise TuneError(f"the warmup ratio must be at least 0 and below 1; got {self.warmup_ratio}")
         if not 0 <= self.hard_negatives <= 10:
-            raise TuneError(f"hard negatives per question must be 0 to 10; got {self.hard_negatives}")
+            raise TuneError(f"--hard-negatives must be 0 to 10 per question; got {self.hard_negatives}")
+        if not 1 <= self.per_chunk <= 20:
+            raise TuneError(f"--per-chunk must be 1 to 20 questions per chunk; got {self.per_chunk}")
+        if not 0 < self.holdout < 1:
+            raise TuneError(
+                f"--holdout must be above 0 and below 1 (the share of documents held out); got {self.holdout}"
+            )
 
 
 class _Shown:
