@@ -5,7 +5,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from ragtune.store.base import StoreError, StoreLockedError
+from ragtune.store.base import StoreError, StoreLockedError, StoreUnavailableError
 from ragtune.store.expressions import filter_expression
 from ragtune.store.milvus import MilvusStore
 from ragtune.types import Chunk, Filters
@@ -75,8 +75,10 @@ def test_second_process_gets_a_clear_lock_message(store, tmp_path):
 
 def test_dimension_mismatch_is_explained(tmp_path):
     MilvusStore(str(tmp_path / "m.db"), "test", dimension=3).close()
-    with pytest.raises(StoreError, match="holds 3-d vectors but the embedding model gives 4-d"):
+    with pytest.raises(StoreError, match="holds 3-d vectors but the embedding model gives 4-d") as refused:
         MilvusStore(str(tmp_path / "m.db"), "test", dimension=4)
+    # The store answered: a refusal, not an outage (which the API answers 503, "cannot connect").
+    assert not isinstance(refused.value, StoreUnavailableError) and "cannot connect" not in str(refused.value)
 
 
 def test_same_process_reopen_is_refused_while_open(store, tmp_path):

@@ -86,6 +86,9 @@ class MilvusStore:
             if is_server_uri(self.uri) and _is_connection_failure(exc):
                 raise StoreUnavailableError(self._cannot_connect(exc)) from exc
             raise self._translate(exc) from exc
+        except StoreError:  # the store answered, and refused: its message says why
+            self.close()
+            raise
         except Exception as exc:
             self.close()
             if "opened by another program" in str(exc) or type(exc).__name__ == "ConnectionConfigException":
