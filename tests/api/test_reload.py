@@ -101,3 +101,34 @@ def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vect
         answer = client.post("/v1/query", json={"question": "How do I reset my password?"})
         assert answer.status_code == 200 and answer.json()["citations"], answer.text
         assert 'embedder_promoted="true"' in client.get("/metrics").text
+
+
+def test_a_promoted_embedder_that_does_not_load_leaves_503_with_the_reason_until_a_reload_loads_it(tmp_path, embedder):
+    from tests.api.support import SAMPLES, sample_files, wait_for_job
+    from tests.builders import tiny_sentence_model
+
+    tuned = tiny_sentence_model(tmp_path / "tuned", (p.read_text(errors="replace") for p in SAMPLES.iterdir()))
+    settings = service_settings(tmp_path / "data", embedding_backend="torch")
+    with app_client(settings, embedder) as client:
+        accepted = client.post("/v1/documents", files=sample_files())
+        assert wait_for_job(client, accepted.json()["job_id"])["state"] == "done"
+        report = TuneReport("embedder", str(tuned), "hybrid_ndcg@10", {"hybrid_ndcg@10": 0.5}, {"hybrid_ndcg@10": 0.6})
+        assert promote(settings, report, system=client.app.state.services.system).promote
+        # The index now holds the tuned model's vectors only; then its folder goes missing.
+        away = tuned.rename(tmp_path / "moved")
+
+        failed = client.post("/v1/admin/reload")
+        assert failed.status_code == 500 and failed.json()["error"]["code"] == "reload_failed", failed.text
+        assert "did not load" in failed.json()["error"]["message"]
+        for response in (client.get("/ready"), client.post("/v1/query", json={"question": "How do I reset it?"})):
+            assert response.status_code == 503, response.text  # the query through the auth middleware too
+            error = response.json()["error"]
+            assert error["code"] == "unavailable" and "POST /v1/admin/reload" in error["message"]
+
+        away.rename(tuned)
+        reloaded = client.post("/v1/admin/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["serving"]["embedder"] == str(tuned.resolve())
+        assert client.get("/ready").status_code == 200
+        answer = client.post("/v1/query", json={"question": "How do I reset my password?"})
+        assert answer.status_code == 200 and answer.json()["citations"], answer.text

@@ -54,7 +54,9 @@ _WORKER_STOP_SECONDS = 30.0  # at shutdown, how long the current file may take t
 _ROUTES = (health, documents, collections, query, conversations, keys, admin, tune, ui)
 
 
-def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedder | None = None) -> Services:
+def build_services(
+    settings: Settings, metrics: ServiceMetrics, authenticator: Authenticator, embedder: Embedder | None = None
+) -> Services:
     """The system (its embedder and store timed) and everything the routes use, for `settings`
     with the promoted models (`ragtune.system.live_settings`)."""
     catalog = open_catalog(settings)
@@ -77,8 +79,6 @@ def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedd
     queue = JobQueue(system.catalog)
     conversation_store = Conversations(system.catalog)
     service = settings.service
-    authenticator = Authenticator(service.api_keys, KeyStore(system.catalog))
-    authenticator.refresh()
     services = Services(
         settings=settings,
         system=system,
@@ -88,7 +88,6 @@ def build_services(settings: Settings, metrics: ServiceMetrics, embedder: Embedd
         queries=QueryService(system.rag, settings.retrieval.mode, metrics, probe, conversation_store, system.catalog),
         conversations=conversation_store,
         authenticator=authenticator,
-        limiter=RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst),
         serving=Serving.of(system),
     )
     services.serving.publish(metrics)
@@ -112,22 +111,34 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.services = await anyio.to_thread.run_sync(build_services, settings, metrics, embedder)
+        # What outlives a reload, which closes the services' catalog: the API keys and their rate
+        # limits (the auth middleware answers even while a reload rebuilds the services) and the
+        # tuning jobs, on the app's own catalog handle.
+        app_catalog = open_catalog(settings)
+        service = settings.service
+        authenticator = Authenticator(service.api_keys, KeyStore(app_catalog))
+        app.state.auth = (authenticator, RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst))
+        try:
+            await anyio.to_thread.run_sync(authenticator.refresh)
+            app.state.services = await anyio.to_thread.run_sync(
+                build_services, settings, metrics, authenticator, embedder
+            )
+        except BaseException:
+            app_catalog.close()
+            raise
         _start_worker(app.state.services)
         # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
         app.state.reloader = Reloader(
-            app.state, settings, lambda wanted: build_services(wanted, metrics), _start_worker, _shutdown
+            app.state, settings, lambda wanted: build_services(wanted, metrics, authenticator), _start_worker, _shutdown
         )
-        # Its own catalog handle: a reload closes the services' one.
-        tune_catalog = open_catalog(settings)
-        app.state.tune_runner = TuneRunner(TuneJobStore(tune_catalog), settings, app.state.reloader.reload)
+        app.state.tune_runner = TuneRunner(TuneJobStore(app_catalog), settings, app.state.reloader.reload)
         try:
             yield
         finally:
             app.state.tune_runner.join(_WORKER_STOP_SECONDS)
-            tune_catalog.close()
-            if app.state.services is not None:  # None only if a failed reload could not restart either
+            if app.state.services is not None:  # None after a reload that failed to build them
                 await anyio.to_thread.run_sync(_shutdown, app.state.services)
+            app_catalog.close()
 
     app = FastAPI(
         title="ragtune",
@@ -168,8 +179,8 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
 
 def _auth_of(scope: Scope) -> tuple[Authenticator, RateLimiter]:
-    services: Services = scope["app"].state.services
-    return services.authenticator, services.limiter
+    auth: tuple[Authenticator, RateLimiter] = scope["app"].state.auth
+    return auth
 
 
 def _shutdown(services: Services) -> None:

@@ -13,7 +13,7 @@ from ragtune.api.errors import ApiError
 from ragtune.api.metrics import ServiceMetrics
 from ragtune.api.query_service import QueryService
 from ragtune.api.readiness import StoreProbe
-from ragtune.api.security import Authenticator, RateLimiter
+from ragtune.api.security import Authenticator
 from ragtune.api.serving import Serving
 from ragtune.config import Settings
 from ragtune.ingest.worker import Worker
@@ -32,7 +32,6 @@ class Services:
     queries: QueryService
     conversations: Conversations
     authenticator: Authenticator
-    limiter: RateLimiter
     serving: Serving  # the models served, for /ready and /metrics
     worker: Worker | None = None  # the in-process worker, when RAGTUNE_EMBEDDED_WORKER is on
     worker_stop: threading.Event = field(default_factory=threading.Event)
@@ -41,8 +40,13 @@ class Services:
 
 
 def get_services(request: Request) -> Services:
+    """The app's services; 503 while it has none: starting, reloading, or after a reload that
+    failed to build them (`ragtune.api.reload`, whose reason it gives)."""
     services = getattr(request.app.state, "services", None)
     if services is None:
+        unavailable = getattr(request.app.state, "unavailable", None)
+        if unavailable:
+            raise ApiError(503, "unavailable", unavailable)
         raise ApiError(503, "starting", "the service is still starting; retry in a few seconds")
     return services
 

@@ -2,12 +2,14 @@
 service started with (`ragtune.system.live_settings` adds the promotions):
 
 - only the adapter: a new answering pipeline is built beside the old one and swapped in, so
-  queries never stop; requests already running finish on the old one;
+  queries never stop; requests already running finish on the old one. If it fails to build,
+  the old one goes on serving;
 - the embedder: its vectors were re-embedded into a new collection (`ragtune reindex`), so the
   store is reopened too. Milvus Lite allows one open store per process, so the old services
   close first and requests answer 503 ``starting`` until the new ones are built (seconds).
-  If the new ones fail to build, the previous configuration is built again and the error is
-  returned.
+  There is nothing to fall back to: the promotion dropped the previous embedder's vectors. If
+  the new services fail to build, requests answer 503 ``unavailable`` with the reason until a
+  later reload (or a restart) builds them.
 """
 
 from __future__ import annotations
@@ -53,11 +55,13 @@ class Reloader:
 
     def reload(self) -> ReloadResult:
         with self._lock:
-            services: Services = self._state.services
+            services: Services | None = self._state.services
+            if services is None:  # an earlier reload failed to build them: try again
+                return ReloadResult(["embedder", "adapter"], self._rebuild(None))
             current = services.system.settings
             wanted = live_settings(self._settings, services.system.catalog)
             if wanted.embedding != current.embedding:
-                return ReloadResult(["embedder", "adapter"], self._rebuild(services, wanted))
+                return ReloadResult(["embedder", "adapter"], self._rebuild(services))
             if wanted.llm != current.llm:
                 return ReloadResult(["adapter"], self._swap_pipeline(services, wanted))
             return ReloadResult([], services.serving)
@@ -74,17 +78,22 @@ class Reloader:
         log.info("reloaded the answering pipeline: adapter %r", wanted.llm.adapter)
         return services.serving
 
-    def _rebuild(self, services: Services, wanted: Settings) -> Serving:
+    def _rebuild(self, services: Services | None) -> Serving:
         self._state.services = None  # requests answer 503 `starting` meanwhile
-        self._stop(services)
+        if services is not None:
+            self._stop(services)
         try:
-            rebuilt = self._build(wanted)
+            rebuilt = self._build(self._settings)  # with the promotions recorded now
         except Exception as exc:
-            log.exception("the promoted configuration did not build; starting the previous one again")
-            self._state.services = previous = self._build(services.system.settings)
-            self._start(previous)
-            raise ReloadError(f"the promoted models did not load ({exc}); the service runs the previous ones") from exc
+            log.exception("the promoted models did not load; the service answers 503 until a reload loads them")
+            self._state.unavailable = (
+                f"the promoted models did not load ({str(exc)[:300]}); the index holds the promoted embedder's "
+                "vectors only. Restore the model or promote another (ragtune tune status, ragtune tune promote), "
+                "then POST /v1/admin/reload or restart the service"
+            )
+            raise ReloadError(self._state.unavailable) from exc
         self._start(rebuilt)
+        self._state.unavailable = None
         self._state.services = rebuilt
         log.info("reloaded: embedder %s, adapter %r", rebuilt.serving.embedder, rebuilt.serving.adapter)
         return rebuilt.serving
