@@ -56,6 +56,17 @@ def test_reload_serves_a_promoted_adapter_and_reports_it(tmp_path, embedder, tin
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
         assert client.post("/v1/admin/reload", headers=admin).json()["reloaded"] == []  # nothing promoted yet
 
+        # An adapter that does not load is refused, and the service goes on with what it served.
+        broken = tmp_path / "broken"
+        broken.mkdir()
+        (broken / "adapter_config.json").write_text("{not json")
+        assert promote(settings, TuneReport("answerer", str(broken), "f1", {"f1": 0.1}, {"f1": 0.2})).promote
+        failed = client.post("/v1/admin/reload", headers=admin)
+        assert failed.status_code == 500 and failed.json()["error"]["code"] == "reload_failed", failed.text
+        assert "adapter did not load" in failed.json()["error"]["message"]
+        assert client.get("/ready", headers=admin).json()["serving"]["adapter"] == ""
+        assert client.post("/v1/query", json={"question": "What is on?"}, headers=admin).status_code == 200
+
         adapter = _adapter(tiny_llama, tmp_path / "adapter")
         report = TuneReport("answerer", str(adapter), "f1", before={"f1": 0.1}, after={"f1": 0.2})
         assert promote(settings, report).promote  # what `ragtune tune answerer --promote` does

@@ -68,7 +68,14 @@ class Reloader:
 
     def _swap_pipeline(self, services: Services, wanted: Settings) -> Serving:
         system = services.system
-        old, system.rag = system.rag, build_pipeline(wanted, system.retriever)
+        try:
+            rebuilt = build_pipeline(wanted, system.retriever)
+        except Exception as exc:
+            log.exception("the promoted adapter did not load; the previous one goes on serving")
+            raise ReloadError(
+                f"the promoted adapter did not load ({str(exc)[:300]}); the service goes on with the previous one"
+            ) from exc
+        old, system.rag = system.rag, rebuilt
         system.settings = wanted
         services.queries.rag = system.rag
         services.serving = Serving.of(system)
