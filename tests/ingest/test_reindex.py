@@ -228,3 +228,22 @@ def test_a_previous_collection_left_by_a_stop_after_the_switch_is_dropped_next_t
         report = reindex(system.catalog, system.store, again, progress=False)
         assert (report.collection, report.previous) == ("ragtune__2", "ragtune__1")
         assert system.store.physical_collections() == {"ragtune__2"}
+
+
+def test_a_second_run_is_refused_while_another_holds_the_collection(settings, embedder):
+    from ragtune.store.reindexing import ReindexBusyError, ReindexLeaseRow
+
+    _indexed(settings, embedder, n=2)
+    new = HashEmbedder("hash-16", 16)
+    with _system(settings, new, check_vectors=False) as system:
+        Reindexing(system.catalog, "ragtune").claim(lease_seconds=60)  # as a run in another process
+        with system.catalog.session() as s, s.begin():  # ... on another host, alive
+            s.get(ReindexLeaseRow, "ragtune").owner = "other-host:1:x"
+        with pytest.raises(ReindexBusyError, match="wait for it to finish"):
+            reindex(system.catalog, system.store, new, progress=False)
+        assert new.calls == 0 and Reindexing(system.catalog, "ragtune").shadow() is None  # nothing begun
+        with system.catalog.session() as s, s.begin():  # that run finished
+            s.delete(s.get(ReindexLeaseRow, "ragtune"))
+        assert reindex(system.catalog, system.store, new, progress=False).documents == 2
+        with system.catalog.session() as s:
+            assert s.get(ReindexLeaseRow, "ragtune") is None  # released

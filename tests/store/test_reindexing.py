@@ -3,11 +3,16 @@ the one-transaction switch that waits for it, and the writes it refuses afterwar
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 
 from ragtune.store.catalog import PENDING, Catalog, CatalogError, EmbedderRecord, IndexedDocument, PendingDocument
-from ragtune.store.reindexing import Reindexing, Shadow
+from ragtune.store.reindexing import ReindexBusyError, Reindexing, ReindexLeaseRow, Shadow
 
 NEW = EmbedderRecord("new-model", "torch", 8)
 
@@ -95,3 +100,34 @@ def test_a_catalog_from_before_reindexing_gains_the_columns(tmp_path):
     reopened = Catalog(url)
     assert {"physical", "shadow_dimension"} <= {c["name"] for c in inspect(reopened.engine).get_columns("embedders")}
     assert reopened.physical("ragtune") == "ragtune" and reopened.embedder("ragtune") == EmbedderRecord("m", "torch", 4)
+
+
+def test_one_run_at_a_time_holds_the_lease_until_it_runs_out_or_its_process_is_gone(tmp_path):
+    catalog = _catalog(tmp_path)
+    first, second = Reindexing(catalog, "ragtune"), Reindexing(catalog, "ragtune")
+    first.claim(lease_seconds=60)
+    first.claim(lease_seconds=60)  # its own lease: renewed
+    with pytest.raises(ReindexBusyError, match=rf"a reindex of 'ragtune' is running \(.*:{os.getpid()}:"):
+        second.claim(lease_seconds=60)
+    Reindexing(catalog, "other").claim(lease_seconds=60)  # another collection is free
+
+    def holder(**values: object) -> None:
+        with catalog.session() as s, s.begin():
+            s.execute(update(ReindexLeaseRow).where(ReindexLeaseRow.collection == "ragtune").values(**values))
+
+    holder(lease_until=0.0)  # the first run stalled past its lease: the second takes over
+    second.claim(lease_seconds=60)
+    with pytest.raises(ReindexBusyError, match="another run took it over"):
+        first.renew(lease_seconds=60)
+    first.release()  # releases only its own lease
+    with pytest.raises(ReindexBusyError):
+        Reindexing(catalog, "ragtune").claim(lease_seconds=60)
+
+    # A holder of this host whose process no longer runs (killed) is taken over at once; a live
+    # one elsewhere is waited for.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder(owner=f"{socket.gethostname()}:{dead.stdout.strip()}:x")
+    Reindexing(catalog, "ragtune").claim(lease_seconds=60)
+    holder(owner="elsewhere:1:x", lease_until=9e12)
+    with pytest.raises(ReindexBusyError, match=r"running \(elsewhere:1:x\)"):
+        Reindexing(catalog, "ragtune").claim(lease_seconds=60)

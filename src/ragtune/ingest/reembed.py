@@ -31,6 +31,9 @@ from ragtune.types import Chunk, Hit
 _NUMERICS = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 _REEMBED_BATCH = 256  # chunks per embedding call and upsert
 _PAGE = 200  # documents per catalog query
+# How long a reindex may go without writing before another run may take its collection over:
+# it renews the lease before each write, and one write embeds at most _REEMBED_BATCH chunks.
+_LEASE_SECONDS = 300.0
 
 
 class EmbedderMismatchError(RuntimeError):
@@ -114,8 +117,19 @@ def reindex(catalog: Catalog, store: VectorStore, embedder: Embedder, progress: 
     every call (Milvus: collection not found) rather than search vectors nobody maintains any
     more, and the catalog refuses its ingestion (`ragtune.store.catalog._check_written`): it
     must be rebuilt. With Milvus Lite that can only be this process (the data path's lock); with
-    a server, restart or reload the other processes. One reindex at a time per collection."""
+    a server, restart or reload the other processes. One reindex at a time per collection: another
+    run raises ReindexBusyError (`Reindexing.claim`)."""
     plan = Reindexing(catalog, store.collection)
+    plan.claim(_LEASE_SECONDS)  # ReindexBusyError while another run holds the collection
+    try:
+        return _reindex(plan, catalog, store, embedder, progress)
+    finally:
+        plan.release()
+
+
+def _reindex(
+    plan: Reindexing, catalog: Catalog, store: VectorStore, embedder: Embedder, progress: bool | None
+) -> ReindexReport:
     live = catalog.physical(store.collection)
     if store.physical != live:
         raise StoreError(
@@ -132,12 +146,12 @@ def reindex(catalog: Catalog, store: VectorStore, embedder: Embedder, progress: 
         # race: an ingestion (or deletion) that began before the switch and writes its chunks to
         # the previous collection after it. Its catalog commit is then refused, so nothing is
         # lost silently, but it fails: the document stays pending (a deletion: present) in the
-        # new collection as copied, until it is ingested (deleted) again. Two reindexes of one
-        # collection at once (possible on a Milvus server) would undo each other's copies.
+        # new collection as copied, until it is ingested (deleted) again.
         while True:
             removed += _remove_deleted(plan, shadow)
             copied += _copy_stale(plan, store, shadow, embedder, bar)
             documents = plan.done()
+            plan.renew(_LEASE_SECONDS)
             if plan.switch(previous_dimension=store.dimension):
                 break
         chunks = shadow.count()
@@ -183,6 +197,7 @@ def _remove_deleted(plan: Reindexing, shadow: VectorStore) -> int:
     """Removes the documents deleted since they were copied; returns how many."""
     removed = 0
     while ids := plan.removed(limit=_PAGE):
+        plan.renew(_LEASE_SECONDS)
         shadow.delete_documents(ids)
         plan.forget(ids)
         removed += len(ids)
@@ -220,11 +235,13 @@ def _write(
 ) -> None:
     if not docs:
         return
+    vectors = embedder.embed([c.text for c in chunks]) if chunks else None
+    plan.renew(_LEASE_SECONDS)  # still this run's collection: else ReindexBusyError, before writing
     # A document copied before, at another version, may have had other chunks; and a stopped
     # run may have written some of these unrecorded.
     shadow.delete_documents(d.id for d in docs)
-    if chunks:
-        shadow.upsert(chunks, embedder.embed([c.text for c in chunks]))
+    if vectors is not None:
+        shadow.upsert(chunks, vectors)
     plan.copied(docs)  # only once they are stored: a stop before this redoes them
     bar.update(len(chunks))
 

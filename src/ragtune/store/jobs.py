@@ -24,7 +24,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -42,23 +41,16 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import CursorResult
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.store.tables import TableBase, create_tables, rows_changed, utc_now
 from ragtune.types import NO_LABELS, Labels, MetaValue
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 JOB_STATES = (QUEUED, RUNNING, DONE, FAILED)
 # Outcomes of one file of a job; QUEUED until a worker has processed it.
 FILE_INDEXED, FILE_UNCHANGED, FILE_FAILED = "indexed", "unchanged", "failed"
-
-
-def _changed(session: Session, statement: Any) -> int:
-    """Rows an UPDATE changed (the compare-and-set checks read it)."""
-    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]  # DML results are cursor results
-    return result.rowcount
 
 
 class JobRow(TableBase):
@@ -307,7 +299,7 @@ class JobQueue:
                 return None
             job_id, state = candidate
             # Compare-and-set: on SQLite (no row locks) a racing claimer matches 0 rows.
-            claimed = _changed(
+            claimed = rows_changed(
                 s,
                 update(JobRow)
                 .where(JobRow.id == job_id, claimable)
@@ -352,7 +344,7 @@ class JobQueue:
         out and another worker took it), and the caller must stop working on it."""
         with self.catalog.session() as s, s.begin():
             return bool(
-                _changed(
+                rows_changed(
                     s,
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
@@ -372,14 +364,14 @@ class JobQueue:
             if not owned:
                 return False
             values = {"seq": seq, "chunks_embedded": chunks_embedded, "chunks_total": chunks_total}
-            if not _changed(s, update(JobProgressRow).where(JobProgressRow.job_id == job_id).values(**values)):
+            if not rows_changed(s, update(JobProgressRow).where(JobProgressRow.job_id == job_id).values(**values)):
                 s.add(JobProgressRow(job_id=job_id, **values))
             return True
 
     def record_file(self, job_id: str, worker_id: str, seq: int, status: str, chunks: int, error: str = "") -> bool:
         """Records one file's outcome and the job's progress; False if the job is no longer ours."""
         with self.catalog.session() as s, s.begin():
-            owned = _changed(
+            owned = rows_changed(
                 s,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
@@ -401,7 +393,7 @@ class JobQueue:
     def finish(self, job_id: str, worker_id: str) -> bool:
         """Marks the job done (its per-file outcomes say what failed); False if not ours."""
         with self.catalog.session() as s, s.begin():
-            done = _changed(
+            done = rows_changed(
                 s,
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)
@@ -416,7 +408,7 @@ class JobQueue:
         down between two files); the next claim resumes at its first unfinished file."""
         with self.catalog.session() as s, s.begin():
             return bool(
-                _changed(
+                rows_changed(
                     s,
                     update(JobRow)
                     .where(JobRow.id == job_id, JobRow.claimed_by == worker_id, JobRow.state == RUNNING)

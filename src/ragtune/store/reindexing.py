@@ -8,32 +8,45 @@ new Milvus collection beside the live one. The store collection's embedder row n
 ``updated_at`` it had when its chunks were read: a stopped run resumes with the rest, and a
 document ingested, changed or deleted since it was copied counts as left to copy or to remove.
 The switch makes the shadow the live collection and records its embedder in one transaction,
-and only while nothing is left.
+and only while nothing is left. One run at a time per store collection: a run holds the
+collection's lease (`reindex_leases`) and renews it as it copies; another run is refused while
+the lease is current, and takes it over once it has run out (its holder died).
 
     >>> from ragtune.store.catalog import Catalog, EmbedderRecord, PendingDocument
     >>> from ragtune.store.reindexing import Reindexing
     >>> catalog = Catalog("sqlite://")
     >>> catalog.mark_pending([PendingDocument("d1", "/a.md", "h1")])
     >>> plan = Reindexing(catalog, "ragtune")
+    >>> plan.claim(lease_seconds=60)
+    >>> Reindexing(catalog, "ragtune").claim(lease_seconds=60)
+    Traceback (most recent call last):
+    ...
+    ragtune.store.reindexing.ReindexBusyError: a reindex of 'ragtune' is running (...); ...
     >>> plan.begin("ragtune__1", EmbedderRecord("new-model", "torch", 8))
     >>> plan.copied(plan.stale(limit=10))
     >>> plan.stale(limit=10), plan.switch(previous_dimension=4)
     ([], True)
     >>> catalog.physical("ragtune"), str(catalog.embedder("ragtune")), plan.shadow()
     ('ragtune__1', 'new-model (torch, 8-d)', Shadow(physical='ragtune', dimension=4, embedder=None))
+    >>> plan.release()
 """
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import DateTime, Select, String, and_, delete, func, or_, select
+from sqlalchemy import DateTime, Float, Select, String, and_, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog, CatalogError, DocumentRecord, DocumentRow, EmbedderRecord, EmbedderRow
-from ragtune.store.tables import TableBase, create_tables
+from ragtune.store.tables import TableBase, create_tables, rows_changed
 
 
 class ReindexCopyRow(TableBase):
@@ -45,6 +58,36 @@ class ReindexCopyRow(TableBase):
     doc_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     content_hash: Mapped[str] = mapped_column(String(64))
     doc_updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReindexLeaseRow(TableBase):
+    """The run reindexing a store collection, until `lease_until` (epoch seconds) unless it renews."""
+
+    __tablename__ = "reindex_leases"
+
+    collection: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255))  # host:pid:random, for the message
+    lease_until: Mapped[float] = mapped_column(Float)
+
+
+class ReindexBusyError(CatalogError):
+    """Another run holds the collection's reindex lease."""
+
+
+def _gone(owner: str) -> bool:
+    """Whether `owner` (host:pid:…) is a process of this host that no longer runs: a run killed
+    here need not wait for its lease to run out."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -65,8 +108,59 @@ class Reindexing:
 
     def __init__(self, catalog: Catalog, collection: str) -> None:
         self.catalog, self.collection = catalog, collection
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        tables = [TableBase.metadata.tables[row.__tablename__] for row in (ReindexCopyRow, ReindexLeaseRow)]
         with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
-            create_tables(connection, [TableBase.metadata.tables[ReindexCopyRow.__tablename__]])
+            create_tables(connection, tables)
+
+    # --- one run at a time -------------------------------------------------------------------
+    def claim(self, lease_seconds: float) -> None:
+        """Takes the collection's lease for `lease_seconds`; ReindexBusyError while another
+        run's lease is current."""
+        now = time.time()
+        try:
+            with self.catalog.session() as s, s.begin():
+                row = s.get(ReindexLeaseRow, self.collection, with_for_update=True)
+                if row is None:
+                    s.add(
+                        ReindexLeaseRow(collection=self.collection, owner=self.owner, lease_until=now + lease_seconds)
+                    )
+                elif row.owner != self.owner and row.lease_until > now and not _gone(row.owner):
+                    raise self._busy(row.owner, row.lease_until - now)
+                else:  # ours, or its holder died (the lease ran out, or its process is gone)
+                    row.owner, row.lease_until = self.owner, now + lease_seconds
+        except IntegrityError:  # another run inserted the lease first
+            raise self._busy("another process", lease_seconds) from None
+
+    def renew(self, lease_seconds: float) -> None:
+        """Extends this run's lease; ReindexBusyError when another run took it over (this one
+        stalled for longer than its lease), which this run must not undo."""
+        with self.catalog.session() as s, s.begin():
+            renewed = rows_changed(
+                s,
+                update(ReindexLeaseRow)
+                .where(ReindexLeaseRow.collection == self.collection, ReindexLeaseRow.owner == self.owner)
+                .values(lease_until=time.time() + lease_seconds),
+            )
+        if not renewed:
+            raise ReindexBusyError(
+                f"this reindex of {self.collection!r} stalled past its lease and another run took it over; "
+                "that run goes on from here"
+            )
+
+    def release(self) -> None:
+        with self.catalog.session() as s, s.begin():
+            s.execute(
+                delete(ReindexLeaseRow).where(
+                    ReindexLeaseRow.collection == self.collection, ReindexLeaseRow.owner == self.owner
+                )
+            )
+
+    def _busy(self, owner: str, seconds_left: float) -> ReindexBusyError:
+        return ReindexBusyError(
+            f"a reindex of {self.collection!r} is running ({owner}); wait for it to finish. If that process "
+            f"died, its lease runs out within {seconds_left:.0f} s and a new run resumes its work"
+        )
 
     def shadow(self) -> Shadow | None:
         with self.catalog.session() as s:

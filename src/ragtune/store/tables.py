@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import Connection, Table, inspect, text
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 
 
 class TableBase(DeclarativeBase):
@@ -21,6 +23,12 @@ class TableBase(DeclarativeBase):
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def rows_changed(session: Session, statement: Any) -> int:
+    """Rows an UPDATE or DELETE changed (what a compare-and-set reads)."""
+    result: CursorResult[Any] = session.execute(statement)  # type: ignore[assignment]  # DML results are cursor results
+    return result.rowcount
 
 
 def create_tables(connection: Connection, tables: Sequence[Table] | None = None) -> None:
