@@ -49,8 +49,12 @@ lint: install
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
+# Two pytest-xdist workers, a test file each at a time (its module fixtures are built once): most
+# tests wait on a `ragtune` process or a server as often as they compute, so two share two cores
+# well. TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: install system-deps deepspeed-ops lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: install
 	$(BIN)/python bench/retrieval_latency.py

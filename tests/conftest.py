@@ -18,11 +18,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # vectors, and an ONNX backend would export the model again into every test's data directory.
 # tests/embed/test_onnx.py tests the ONNX backends, and the default one end to end.
 os.environ.setdefault("RAGTUNE_EMBEDDING_BACKEND", "torch")
-
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# `make test` runs the suite in two pytest-xdist workers (most tests wait on a child process or a
+# server as often as they compute): the cores are shared between them, two threads at most each,
+# in this process and in every `ragtune` process a test starts.
+THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+os.environ.setdefault("RAGTUNE_TORCH_THREADS", str(THREADS))
+
+torch.set_num_threads(THREADS)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from ragtune.config import Settings  # noqa: E402
@@ -55,7 +60,7 @@ def cli_environment(data_dir: Path, **extra: str) -> dict[str, str]:
     RAGTUNE_EMBEDDING_BACKEND=torch in `extra`: the CLI refuses to mix embedders."""
     return os.environ | {
         "RAGTUNE_DATA_DIR": str(data_dir),
-        "RAGTUNE_TORCH_THREADS": "2",
+        "RAGTUNE_TORCH_THREADS": str(THREADS),
         "RAGTUNE_EMBEDDING_BACKEND": "onnx-int8",
         "RAGTUNE_EMBEDDING_CACHE_DIR": str(_exported_embedder_cache()),
         **extra,
@@ -76,7 +81,7 @@ def onnx_embedder() -> LocalEmbedder:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", torch_threads=2)
+    return Settings(data_dir=tmp_path / "data", torch_threads=THREADS)
 
 
 @pytest.fixture

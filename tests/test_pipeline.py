@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import THREADS
 from ragtune.ingest.indexer import discover, in_shard
 from ragtune.store.catalog import FAILED, INDEXED
 
@@ -122,7 +123,7 @@ def test_a_context_window_reads_neighbouring_chunks_and_cites_the_one_quoted(tmp
     (docs / "reactors.txt").write_text(" ".join(facts))
     windows = {}
     for window in (0, 1):
-        settings = Settings(data_dir=tmp_path / "data", torch_threads=2, chunk_size=120, chunk_overlap=40)
+        settings = Settings(data_dir=tmp_path / "data", torch_threads=THREADS, chunk_size=120, chunk_overlap=40)
         settings = settings.model_copy(
             update={"retrieval": settings.retrieval.model_copy(update={"context_window": window})}
         )

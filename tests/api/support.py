@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from conftest import THREADS
 from ragtune.api.app import create_app
 from ragtune.api.deps import Services
 from ragtune.config import Settings
@@ -63,7 +64,7 @@ def service_settings(data_dir: Path, **overrides) -> Settings:
     # shares one ("testclient" or 127.0.0.1): a large burst keeps the limiter on without
     # making request-heavy tests depend on timing. Rate-limit tests set their own.
     overrides.setdefault("rate_limit_burst", 1000)
-    return Settings(data_dir=data_dir, torch_threads=2, **overrides)
+    return Settings(data_dir=data_dir, torch_threads=THREADS, **overrides)
 
 
 @contextmanager

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import THREADS
 from ragtune.config import Settings
 from ragtune.store.milvus import MilvusStore
 from tests.api.support import (
@@ -38,7 +39,7 @@ def _serve(data: Path, port: int) -> Iterator[tuple[subprocess.Popen[bytes], htt
     env = os.environ | {
         "RAGTUNE_DATA_DIR": str(data),
         "RAGTUNE_PORT": str(port),
-        "RAGTUNE_TORCH_THREADS": "2",
+        "RAGTUNE_TORCH_THREADS": str(THREADS),
         "RAGTUNE_EMBEDDING_BATCH_SIZE": "16",
         "RAGTUNE_RATE_LIMIT_BURST": "10000",
         "RAGTUNE_JOB_LEASE_SECONDS": "3",
@@ -121,7 +122,7 @@ def test_killed_standalone_worker_on_sqlite_resumes_without_loss_or_duplicates(t
     env = os.environ | {
         "RAGTUNE_DATA_DIR": str(data),  # the catalog: data/catalog.db, shared with the API
         "RAGTUNE_MILVUS_URI": server.uri,
-        "RAGTUNE_TORCH_THREADS": "2",
+        "RAGTUNE_TORCH_THREADS": str(THREADS),
         "RAGTUNE_EMBEDDING_BATCH_SIZE": "16",
         "RAGTUNE_JOB_LEASE_SECONDS": "3",
         "RAGTUNE_JOB_POLL_SECONDS": "0.2",

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SQUAD_MINI, cli_environment
+from conftest import SQUAD_MINI, THREADS, cli_environment
 from ragtune.config import Settings
 from ragtune.embed import LocalEmbedder, onnx
 from ragtune.embed.embedders import resolve_model_path
@@ -135,7 +135,7 @@ def _documents(n: int) -> list[LoadedDocument]:
 
 
 def test_a_collection_refuses_an_incompatible_embedder_until_reindexed(tmp_path, embedder, cache_dir):
-    settings = Settings(data_dir=tmp_path / "data", torch_threads=2)
+    settings = Settings(data_dir=tmp_path / "data", torch_threads=THREADS)
     with build(settings, embedder=embedder, generator=False) as system:
         system.ingestor.ingest_documents(_documents(6))
         assert system.catalog.embedder(system.store.collection) == EmbedderRecord(embedder.name, "torch", 384)
@@ -171,7 +171,7 @@ def _stored_vectors(store) -> dict[str, tuple[str, np.ndarray]]:
 
 
 def test_an_index_from_before_the_record_counts_as_torch(tmp_path, embedder, cache_dir):
-    settings = Settings(data_dir=tmp_path / "data", torch_threads=2)
+    settings = Settings(data_dir=tmp_path / "data", torch_threads=THREADS)
     with build(settings, embedder=embedder, generator=False) as system:
         system.ingestor.ingest_documents(_documents(2))
         with system.catalog.session() as s, s.begin():  # as an index written by an older ragtune

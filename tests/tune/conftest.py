@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from conftest import THREADS
 from ragtune.config import Settings
 from ragtune.eval.index import open_index
 from ragtune.system import build
@@ -63,7 +64,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="package")
 def index_settings(tmp_path_factory: pytest.TempPathFactory, corpus: Path, embedder: Any) -> Settings:
     """The live index of `corpus`, as `ragtune ingest` makes it."""
-    settings = Settings(data_dir=tmp_path_factory.mktemp("index") / "data", torch_threads=2, **CHUNKING)
+    settings = Settings(data_dir=tmp_path_factory.mktemp("index") / "data", torch_threads=THREADS, **CHUNKING)
     with build(settings, embedder=embedder) as system:
         report = system.ingestor.ingest_paths([corpus])
     assert len(report.indexed) == len(DOCUMENTS), report.failed

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from conftest import THREADS
 from ragtune.config import Settings
 from ragtune.eval.datasets import load_beir, read_jsonl
 from ragtune.eval.index import open_index
@@ -131,7 +132,7 @@ def test_the_round_trip_drops_a_pair_whose_question_retrieves_another_chunk(inde
     with stub_llm(answer=reply) as stub:
         settings = Settings(
             data_dir=index_settings.data_dir,
-            torch_threads=2,
+            torch_threads=THREADS,
             generator="openai",
             llm_base_url=stub.url,
             llm_model="stub-model",

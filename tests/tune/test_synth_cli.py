@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from conftest import THREADS
 from ragtune.config import Settings
 from ragtune.system import build
 from tests.conftest import SQUAD_MINI
@@ -29,7 +30,7 @@ def empty_index(tmp_path_factory: pytest.TempPathFactory, embedder: Any) -> Path
 def ragtune(monkeypatch, capsys, tmp_path, embedder) -> Callable[..., Result]:
     """`ragtune ARGS` on the data directory given, with the tests' chunking."""
     monkeypatch.chdir(tmp_path)  # no .env file from the checkout
-    monkeypatch.setenv("RAGTUNE_TORCH_THREADS", "2")
+    monkeypatch.setenv("RAGTUNE_TORCH_THREADS", str(THREADS))
     for name, value in CHUNKING.items():
         monkeypatch.setenv(f"RAGTUNE_{name.upper()}", str(value))
     # Every command would load the embedding model again (seconds each); the session's is the same model.
