@@ -1,17 +1,22 @@
-"""`POST /v1/admin/reload`: a promoted adapter is served without a restart, and /ready and /metrics say so."""
+"""`POST /v1/admin/reload`: a promoted adapter or embedder is served without a restart, /ready and /metrics
+say so, and a model that does not load leaves the service as documented (the adapter: the old one serving)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from ragtune.api.deps import Services
 from ragtune.store.keys import KeyStore
 from ragtune.tune.promote import promote
 from ragtune.tune.report import TuneReport
-from tests.api.support import app_client, service_settings
-from tests.builders import build_tiny_llama
+from tests.api.support import SAMPLES, app_client, sample_files, service_settings, wait_for_job
+from tests.builders import build_tiny_llama, tiny_sentence_model
 
 ADMIN_KEY = "rt_reload_admin_key"
 
@@ -85,20 +90,25 @@ def test_reload_serves_a_promoted_adapter_and_reports_it(tmp_path, embedder, tin
         assert client.post("/v1/admin/reload", headers=admin).json()["reloaded"] == []
 
 
-def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vectors(tmp_path, embedder):
-    from tests.api.support import SAMPLES, sample_files, wait_for_job
-    from tests.builders import tiny_sentence_model
-
+@contextmanager
+def _embedder_promoted(tmp_path: Path, embedder) -> Iterator[tuple[TestClient, Path, Services]]:
+    """A service over the samples whose tiny tuned embedder was just promoted, as a
+    `/v1/tune/embedder` job with "promote": true does on the service's own store (its vectors
+    re-embedded into a 32-d collection), not yet reloaded: (client, the model, the services)."""
     tuned = tiny_sentence_model(tmp_path / "tuned", (p.read_text(errors="replace") for p in SAMPLES.iterdir()))
     settings = service_settings(tmp_path / "data", embedding_backend="torch")
     with app_client(settings, embedder) as client:
         accepted = client.post("/v1/documents", files=sample_files())
         assert wait_for_job(client, accepted.json()["job_id"])["state"] == "done"
         services = client.app.state.services
-        before_collection = services.system.store.physical
         report = TuneReport("embedder", str(tuned), "hybrid_ndcg@10", {"hybrid_ndcg@10": 0.5}, {"hybrid_ndcg@10": 0.6})
-        # What a `/v1/tune/embedder` job with "promote": true does, on the service's own store.
         assert promote(settings, report, system=services.system).promote
+        yield client, tuned, services
+
+
+def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vectors(tmp_path, embedder):
+    with _embedder_promoted(tmp_path, embedder) as (client, tuned, services):
+        before_collection = services.system.store.physical
 
         reloaded = client.post("/v1/admin/reload")
         assert reloaded.status_code == 200, reloaded.text
@@ -115,16 +125,7 @@ def test_reload_after_an_embedder_promotion_serves_the_new_model_on_its_own_vect
 
 
 def test_a_promoted_embedder_that_does_not_load_leaves_503_with_the_reason_until_a_reload_loads_it(tmp_path, embedder):
-    from tests.api.support import SAMPLES, sample_files, wait_for_job
-    from tests.builders import tiny_sentence_model
-
-    tuned = tiny_sentence_model(tmp_path / "tuned", (p.read_text(errors="replace") for p in SAMPLES.iterdir()))
-    settings = service_settings(tmp_path / "data", embedding_backend="torch")
-    with app_client(settings, embedder) as client:
-        accepted = client.post("/v1/documents", files=sample_files())
-        assert wait_for_job(client, accepted.json()["job_id"])["state"] == "done"
-        report = TuneReport("embedder", str(tuned), "hybrid_ndcg@10", {"hybrid_ndcg@10": 0.5}, {"hybrid_ndcg@10": 0.6})
-        assert promote(settings, report, system=client.app.state.services.system).promote
+    with _embedder_promoted(tmp_path, embedder) as (client, tuned, _):
         # The index now holds the tuned model's vectors only; then its folder goes missing.
         away = tuned.rename(tmp_path / "moved")
 
