@@ -1,6 +1,7 @@
 """Scale-out ingestion: `ragtune worker` processes sharing a real PostgreSQL catalog and a Milvus
 server. Many jobs are each processed exactly once; a worker killed mid-job has its job
-finished by the other, without duplicate chunks."""
+finished by the other, without duplicate chunks. The catalog's other shared state (conversations,
+the reindex bookkeeping and its lease) works on the same PostgreSQL server."""
 
 from __future__ import annotations
 
@@ -223,5 +224,45 @@ def test_conversations_on_postgresql(postgres):
     catalog = Catalog(postgres)
     try:
         exercise(Conversations(catalog))
+    finally:
+        catalog.close()
+
+
+def test_reindex_bookkeeping_on_postgresql(postgres):
+    """The copies, the one-transaction switch and the lease (row locks, a racing first claim) on
+    PostgreSQL, in a database of their own."""
+    import threading
+
+    import psycopg
+
+    from ragtune.store.catalog import Catalog
+    from ragtune.store.reindexing import ReindexBusyError, Reindexing
+    from tests.store.test_reindexing import one_run_at_a_time, switch_waits_for_every_copy, with_documents
+
+    server = postgres.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE reindexing")
+    catalog = with_documents(Catalog(postgres.rsplit("/", 1)[0] + "/reindexing"))
+    try:
+        switch_waits_for_every_copy(catalog)
+        one_run_at_a_time(catalog)
+        # Two runs claiming a collection nobody holds, at once: one gets it.
+        runs, outcomes = [Reindexing(catalog, "raced") for _ in range(2)], []
+        start = threading.Barrier(2)
+
+        def claim(run: Reindexing) -> None:
+            start.wait()
+            try:
+                run.claim(lease_seconds=60)
+                outcomes.append("claimed")
+            except ReindexBusyError:
+                outcomes.append("busy")
+
+        threads = [threading.Thread(target=claim, args=(run,)) for run in runs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert sorted(outcomes) == ["busy", "claimed"]
     finally:
         catalog.close()

@@ -18,7 +18,11 @@ NEW = EmbedderRecord("new-model", "torch", 8)
 
 
 def _catalog(tmp_path) -> Catalog:
-    catalog = Catalog(f"sqlite:///{tmp_path / 'c.db'}")
+    return with_documents(Catalog(f"sqlite:///{tmp_path / 'c.db'}"))
+
+
+def with_documents(catalog: Catalog) -> Catalog:
+    """`catalog` (empty) with three indexed documents, d1 to d3, of 1 to 3 chunks."""
     for i in (1, 2, 3):
         catalog.mark_pending([PendingDocument(f"d{i}", f"/d{i}.md", f"h{i}")])
         catalog.mark_indexed([IndexedDocument(f"d{i}", chunks=i, content_type="text/markdown", title="")])
@@ -30,7 +34,11 @@ def _ids(plan: Reindexing) -> list[str]:
 
 
 def test_copies_are_counted_per_version_and_the_switch_waits_for_the_rest(tmp_path):
-    catalog = _catalog(tmp_path)
+    switch_waits_for_every_copy(_catalog(tmp_path))
+
+
+def switch_waits_for_every_copy(catalog: Catalog) -> None:
+    """The copies and the switch, on `with_documents`' catalog (also run on PostgreSQL)."""
     catalog.record_embedder("ragtune", EmbedderRecord("old-model", "torch", 4))
     plan = Reindexing(catalog, "ragtune")
     plan.begin("ragtune__1", NEW)
@@ -103,7 +111,11 @@ def test_a_catalog_from_before_reindexing_gains_the_columns(tmp_path):
 
 
 def test_one_run_at_a_time_holds_the_lease_until_it_runs_out_or_its_process_is_gone(tmp_path):
-    catalog = _catalog(tmp_path)
+    one_run_at_a_time(_catalog(tmp_path))
+
+
+def one_run_at_a_time(catalog: Catalog) -> None:
+    """The reindex lease, on an empty catalog or `with_documents`' (also run on PostgreSQL)."""
     first, second = Reindexing(catalog, "ragtune"), Reindexing(catalog, "ragtune")
     first.claim(lease_seconds=60)
     first.claim(lease_seconds=60)  # its own lease: renewed
