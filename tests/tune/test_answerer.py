@@ -122,6 +122,40 @@ def test_promote_keeps_the_live_adapter_when_the_gain_is_too_small(ragtune, synt
     assert "nothing promoted" in ragtune("tune", "status").stdout
 
 
+def test_a_run_stopped_after_training_goes_on_with_resume(ragtune, synth_set, tmp_path, monkeypatch):
+    import ragtune.tune.answerer as answerer
+
+    evaluate = answerer.evaluate_answers
+
+    def crash_after_training(dataset_dir, settings, limit, **kwargs):
+        if settings.llm.adapter:
+            raise RuntimeError("the machine went down")
+        return evaluate(dataset_dir, settings, limit, **kwargs)
+
+    monkeypatch.setattr(answerer, "evaluate_answers", crash_after_training)
+    out = tmp_path / "run"
+    args = ["--questions", synth_set, "--out", out, *TRAINING, "--limit", "2"]
+    assert ragtune("tune", "answerer", *args).code == 1
+    assert (out / "before.json").is_file() and not (out / "report.json").exists()
+    again = ragtune("tune", "answerer", *args)
+    assert again.code == 2 and "holds a stopped run: pass --resume" in again.stderr
+
+    measured: list[str] = []
+
+    def recorded(dataset_dir, settings, limit, **kwargs):
+        measured.append(settings.llm.adapter)
+        return evaluate(dataset_dir, settings, limit, **kwargs)
+
+    monkeypatch.setattr(answerer, "evaluate_answers", recorded)
+    resumed = ragtune("tune", "answerer", *args, "--resume", "--json")
+    assert resumed.code == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr  # the trainer's checkpoint at the last step
+    report = json.loads(resumed.stdout)
+    assert measured == [report["model"]]  # the measurement before was kept, not made again
+    kept = json.loads((out / "before.json").read_text())["measured"]
+    assert report["before"]["f1"] == kept["f1"] and report["details"]["finetune"]["steps"] == 2
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [

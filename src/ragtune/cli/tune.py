@@ -149,6 +149,12 @@ def answerer(
     lr: Annotated[float | None, config_flag("lr")] = None,
     lora_r: Annotated[int | None, config_flag("lora_r")] = None,
     set_: Annotated[list[str], typer.Option("--set", metavar="KEY=VALUE", help=SET_HELP)] = [],  # noqa: B006
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Go on with a run stopped in --out: its measurement before, its last checkpoint."
+        ),
+    ] = False,
     promote: Annotated[bool, typer.Option("--promote", help=PROMOTE_HELP)] = False,
     margin: Annotated[float, typer.Option(min=0.0, help=MARGIN_HELP)] = 0.01,
     min_gain: Annotated[float, typer.Option(min=0.0, help=MIN_GAIN_HELP)] = 0.0,
@@ -173,7 +179,7 @@ def answerer(
     flags = {"max_steps": max_steps, "global_batch": global_batch, "micro_batch": micro_batch, "lr": lr}
     options = {**flags, "lora_r": lora_r, **parse_set(set_)}
     try:
-        report = tune_answerer(load_settings(), questions, out, options, limit)
+        report = tune_answerer(load_settings(), questions, out, options, limit, resume=resume)
     except (TuneError, SynthError, ConfigError, DataError, BatchPlanError) as exc:
         raise UsageError(str(exc)) from None
     except TrainingInterrupted as exc:

@@ -11,12 +11,17 @@
    held-out corpus when the set was made from ``--corpus`` files.
 3. Both are one `TuneReport` (kind ``answerer``, main metric F1), written to ``out/report.json``.
 
+A run stopped after its first measurement (Ctrl-C saves a training checkpoint; a crash) goes on
+with ``resume``: the measurement before, kept in ``out/before.json`` with what it measured, is
+used again when it measured the same thing, and training continues from its last checkpoint.
+
 Fine-tuning trains on the rows' own chunks, with other rows' chunks as distractors: retrieving
 from the index instead would show an unanswerable row the document it was written about.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Mapping
 from contextlib import closing
@@ -58,6 +63,26 @@ class TuneError(ValueError):
 
 class TrainingInterrupted(Exception):
     """Fine-tuning stopped early (Ctrl-C or SIGTERM), so there is no adapter to measure."""
+
+
+BEFORE = "before.json"  # the measurement before training, kept for a resumed run
+
+
+def _measured_before(
+    out: Path, key: dict[str, Any], measure: Callable[[], dict[str, Any]], resume: bool
+) -> dict[str, Any]:
+    """The held-out split's measurement before training: kept from a stopped run when it
+    measured `key` (the same set, sample, index, generator, adapter and retrieval), else `measure()`d
+    and kept."""
+    kept = out / BEFORE
+    if resume and kept.is_file():
+        stored = json.loads(kept.read_text(encoding="utf-8"))
+        if stored.get("key") == key:
+            return dict(stored["measured"])
+    measured = measure()
+    out.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps({"key": key, "measured": measured}, indent=2) + "\n", encoding="utf-8")
+    return measured
 
 
 def _say(message: str) -> None:
@@ -159,6 +184,7 @@ def tune_answerer(
     limit: int | None = None,
     progress: Callable[[str], None] = _say,
     on_index: bool | None = None,
+    resume: bool = False,
 ) -> TuneReport:
     """Fine-tune the local generator on `questions` (a `ragtune synth` set) into `out` and
     measure its held-out split before and after (module docstring); the report is also
@@ -167,7 +193,8 @@ def tune_answerer(
     held-out questions. TuneError, SynthError (the set), ConfigError (the options) for bad
     input, before anything is loaded; TrainingInterrupted when training is stopped. `on_index`:
     measure on the live index (default: when the set was made from it) or on a scratch copy of
-    the held-out corpus (the service, which holds Milvus Lite's only handle on the index)."""
+    the held-out corpus (the service, which holds Milvus Lite's only handle on the index).
+    `resume`: go on with a stopped run in `out` (module docstring)."""
     if settings.answer.generator != "local":
         raise TuneError(
             f"tuning the answerer needs RAGTUNE_GENERATOR=local (it is {settings.answer.generator}): the adapter is "
@@ -175,18 +202,31 @@ def tune_answerer(
             "train, and an openai server's model cannot be measured with a new adapter from here"
         )
     manifest = _check_set(questions)
-    check_output(out)
+    if not resume:
+        if (out / BEFORE).is_file():
+            raise TuneError(f"--out {out} holds a stopped run: pass --resume to go on with it, or choose another --out")
+        check_output(out)
     config = finetune_config(settings, questions, out, finetune_options or {})
     holdout = questions / "holdout"
     index = "index" in manifest["source"] if on_index is None else on_index
     before_adapter = live_adapter(settings)
     progress(f"before: answering the held-out questions of {questions} with {before_adapter or 'the base model'}")
-    before = _measure(holdout, settings, before_adapter, limit, index)
+    key = {
+        "questions": str(questions.resolve()),
+        "limit": limit,
+        "index": index,
+        "adapter": before_adapter,
+        # The generator, its decoding and retrieval as they answered.
+        "llm": settings.llm.model_dump(mode="json", exclude={"adapter"}),
+        "retrieval": settings.retrieval.model_dump(mode="json"),
+    }
+    before = _measured_before(out, key, lambda: _measure(holdout, settings, before_adapter, limit, index), resume)
     progress(f"fine-tuning on {questions / 'train' / FINETUNE_ROWS} into {out}")
-    result = train(config)
+    result = train(config, resume=resume)
     if result.interrupted:
         raise TrainingInterrupted(
-            f"fine-tuning stopped at step {result.steps} of {config.max_steps}: no adapter to measure"
+            f"fine-tuning stopped at step {result.steps} of {config.max_steps}: no adapter to measure yet; "
+            "go on with --resume"
         )
     adapter = str(Path(result.adapter_dir).resolve())
     progress(f"after: answering the same questions with {adapter}")
