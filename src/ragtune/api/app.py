@@ -115,29 +115,34 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
         # limits (the auth middleware answers even while a reload rebuilds the services) and the
         # tuning jobs, on the app's own catalog handle.
         app_catalog = open_catalog(settings)
-        service = settings.service
-        authenticator = Authenticator(service.api_keys, KeyStore(app_catalog))
-        app.state.auth = (authenticator, RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst))
         try:
+            service = settings.service
+            authenticator = Authenticator(service.api_keys, KeyStore(app_catalog))
+            app.state.authenticator = authenticator
+            app.state.limiter = RateLimiter(service.rate_limit_per_minute, service.rate_limit_burst)
             await anyio.to_thread.run_sync(authenticator.refresh)
             app.state.services = await anyio.to_thread.run_sync(
                 build_services, settings, metrics, authenticator, embedder
             )
-        except BaseException:
-            app_catalog.close()
-            raise
-        _start_worker(app.state.services)
-        # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
-        app.state.reloader = Reloader(
-            app.state, settings, lambda wanted: build_services(wanted, metrics, authenticator), _start_worker, _shutdown
-        )
-        app.state.tune_runner = TuneRunner(TuneJobStore(app_catalog), settings, app.state.reloader.reload)
-        try:
-            yield
+            try:
+                _start_worker(app.state.services)
+                # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
+                app.state.reloader = Reloader(
+                    app.state,
+                    settings,
+                    lambda wanted: build_services(wanted, metrics, authenticator),
+                    _start_worker,
+                    _shutdown,
+                )
+                app.state.tune_runner = TuneRunner(TuneJobStore(app_catalog), settings, app.state.reloader.reload)
+                try:
+                    yield
+                finally:
+                    app.state.tune_runner.join(_WORKER_STOP_SECONDS)
+            finally:
+                if app.state.services is not None:  # None after a reload that failed to build them
+                    await anyio.to_thread.run_sync(_shutdown, app.state.services)
         finally:
-            app.state.tune_runner.join(_WORKER_STOP_SECONDS)
-            if app.state.services is not None:  # None after a reload that failed to build them
-                await anyio.to_thread.run_sync(_shutdown, app.state.services)
             app_catalog.close()
 
     app = FastAPI(
@@ -179,8 +184,8 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
 
 
 def _auth_of(scope: Scope) -> tuple[Authenticator, RateLimiter]:
-    auth: tuple[Authenticator, RateLimiter] = scope["app"].state.auth
-    return auth
+    state = scope["app"].state
+    return state.authenticator, state.limiter
 
 
 def _shutdown(services: Services) -> None:
