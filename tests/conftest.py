@@ -25,7 +25,10 @@ import torch
 # server as often as they compute): the cores are shared between them, two threads at most each,
 # in this process and in every `ragtune` process a test starts.
 THREADS = max(1, min(2, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
-os.environ.setdefault("RAGTUNE_TORCH_THREADS", str(THREADS))
+if "PYTEST_XDIST_WORKER" in os.environ:  # set outright: the workers inherit the controller's value
+    os.environ["RAGTUNE_TORCH_THREADS"] = str(THREADS)
+else:
+    os.environ.setdefault("RAGTUNE_TORCH_THREADS", str(THREADS))
 
 torch.set_num_threads(THREADS)
 sys.path.insert(0, str(Path(__file__).parent))
