@@ -231,13 +231,15 @@ def test_conversations_on_postgresql(postgres):
 def test_reindex_bookkeeping_on_postgresql(postgres):
     """The copies, the one-transaction switch and the lease (row locks, a racing first claim) on
     PostgreSQL, in a database of their own."""
-    import threading
-
     import psycopg
 
     from ragtune.store.catalog import Catalog
-    from ragtune.store.reindexing import ReindexBusyError, Reindexing
-    from tests.store.test_reindexing import one_run_at_a_time, switch_waits_for_every_copy, with_documents
+    from tests.store.test_reindexing import (
+        claim_at_once,
+        one_run_at_a_time,
+        switch_waits_for_every_copy,
+        with_documents,
+    )
 
     server = postgres.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
     with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
@@ -247,22 +249,6 @@ def test_reindex_bookkeeping_on_postgresql(postgres):
         switch_waits_for_every_copy(catalog)
         one_run_at_a_time(catalog)
         # Two runs claiming a collection nobody holds, at once: one gets it.
-        runs, outcomes = [Reindexing(catalog, "raced") for _ in range(2)], []
-        start = threading.Barrier(2)
-
-        def claim(run: Reindexing) -> None:
-            start.wait()
-            try:
-                run.claim(lease_seconds=60)
-                outcomes.append("claimed")
-            except ReindexBusyError:
-                outcomes.append("busy")
-
-        threads = [threading.Thread(target=claim, args=(run,)) for run in runs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(30)
-        assert sorted(outcomes) == ["busy", "claimed"]
+        assert sorted(claim_at_once(catalog, "raced")) == ["busy", "claimed"]
     finally:
         catalog.close()

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from sqlalchemy import inspect, update
@@ -143,3 +144,28 @@ def one_run_at_a_time(catalog: Catalog) -> None:
     holder(owner="elsewhere:1:x", lease_until=9e12)
     with pytest.raises(ReindexBusyError, match=r"running \(elsewhere:1:x\)"):
         Reindexing(catalog, "ragtune").claim(lease_seconds=60)
+
+    # Two runs taking over a lease that ran out, at once: one gets it.
+    holder(lease_until=0.0)
+    assert sorted(claim_at_once(catalog, "ragtune")) == ["busy", "claimed"]
+
+
+def claim_at_once(catalog: Catalog, collection: str) -> list[str]:
+    """What two runs claiming `collection` at the same moment got: "claimed" or "busy" each."""
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def claim(run: Reindexing) -> None:
+        start.wait()
+        try:
+            run.claim(lease_seconds=60)
+            outcomes.append("claimed")
+        except ReindexBusyError:
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=claim, args=(Reindexing(catalog, collection),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes

@@ -20,6 +20,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 from tqdm import tqdm
 
 from ragtune.embed import Embedder
@@ -31,8 +32,8 @@ from ragtune.types import Chunk, Hit
 _NUMERICS = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 _REEMBED_BATCH = 256  # chunks per embedding call and upsert
 _PAGE = 200  # documents per catalog query
-# How long a reindex may go without writing before another run may take its collection over:
-# it renews the lease before each write, and one write embeds at most _REEMBED_BATCH chunks.
+# How long a reindex may go without progress before another run may take its collection over:
+# it renews the lease after each embedding call of at most _REEMBED_BATCH chunks.
 _LEASE_SECONDS = 300.0
 
 
@@ -235,13 +236,19 @@ def _write(
 ) -> None:
     if not docs:
         return
-    vectors = embedder.embed([c.text for c in chunks]) if chunks else None
-    plan.renew(_LEASE_SECONDS)  # still this run's collection: else ReindexBusyError, before writing
+    # A large document's chunks are many calls: the lease is renewed after each (and so is
+    # checked to be still this run's, before anything is written: else ReindexBusyError).
+    vectors = []
+    for start in range(0, len(chunks), _REEMBED_BATCH):
+        vectors.append(embedder.embed([c.text for c in chunks[start : start + _REEMBED_BATCH]]))
+        plan.renew(_LEASE_SECONDS)
+    if not vectors:
+        plan.renew(_LEASE_SECONDS)
     # A document copied before, at another version, may have had other chunks; and a stopped
     # run may have written some of these unrecorded.
     shadow.delete_documents(d.id for d in docs)
-    if vectors is not None:
-        shadow.upsert(chunks, vectors)
+    if vectors:
+        shadow.upsert(chunks, np.concatenate(vectors))
     plan.copied(docs)  # only once they are stored: a stop before this redoes them
     bar.update(len(chunks))
 

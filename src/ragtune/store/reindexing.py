@@ -76,7 +76,8 @@ class ReindexBusyError(CatalogError):
 
 def _gone(owner: str) -> bool:
     """Whether `owner` (host:pid:…) is a process of this host that no longer runs: a run killed
-    here need not wait for its lease to run out."""
+    here need not wait for its lease to run out. Hosts are told apart by name, as containers
+    and pods are by default; two containers given one hostname would need the lease to run out."""
     host, _, rest = owner.partition(":")
     pid = rest.partition(":")[0]
     if host != socket.gethostname() or not pid.isdigit():
@@ -118,17 +119,27 @@ class Reindexing:
         """Takes the collection's lease for `lease_seconds`; ReindexBusyError while another
         run's lease is current."""
         now = time.time()
+        lease = ReindexLeaseRow
         try:
             with self.catalog.session() as s, s.begin():
-                row = s.get(ReindexLeaseRow, self.collection, with_for_update=True)
+                row = s.get(lease, self.collection)
                 if row is None:
-                    s.add(
-                        ReindexLeaseRow(collection=self.collection, owner=self.owner, lease_until=now + lease_seconds)
-                    )
-                elif row.owner != self.owner and row.lease_until > now and not _gone(row.owner):
-                    raise self._busy(row.owner, row.lease_until - now)
-                else:  # ours, or its holder died (the lease ran out, or its process is gone)
-                    row.owner, row.lease_until = self.owner, now + lease_seconds
+                    s.add(lease(collection=self.collection, owner=self.owner, lease_until=now + lease_seconds))
+                    return
+                held_by, until = row.owner, row.lease_until
+                if held_by != self.owner and until > now and not _gone(held_by):
+                    raise self._busy(held_by, until - now)
+                # Ours, or its holder died (the lease ran out, or its process is gone): taken over
+                # only if no other run took it over since it was read.
+                taken = rows_changed(
+                    s,
+                    update(lease)
+                    .where(lease.collection == self.collection, lease.owner == held_by, lease.lease_until == until)
+                    .values(owner=self.owner, lease_until=now + lease_seconds)
+                    .execution_options(synchronize_session=False),
+                )
+                if not taken:
+                    raise self._busy("another process", lease_seconds)
         except IntegrityError:  # another run inserted the lease first
             raise self._busy("another process", lease_seconds) from None
 
