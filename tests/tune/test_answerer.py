@@ -152,8 +152,13 @@ def test_a_run_stopped_after_training_goes_on_with_resume(ragtune, synth_set, tm
     assert "resumed from" in resumed.stderr  # the trainer's checkpoint at the last step
     report = json.loads(resumed.stdout)
     assert measured == [report["model"]]  # the measurement before was kept, not made again
-    kept = json.loads((out / "before.json").read_text())["measured"]
-    assert report["before"]["f1"] == kept["f1"] and report["details"]["finetune"]["steps"] == 2
+    kept = json.loads((out / "before.json").read_text())
+    assert report["before"]["f1"] == kept["measured"]["f1"] and report["details"]["finetune"]["steps"] == 2
+    assert "api_key" not in kept["key"]["llm"] and kept["key"]["index"] == report["details"]["evaluated_on"]
+    # A finished run is not a stopped one, and --resume takes no folder of something else.
+    for folder in (out, synth_set):
+        refused = ragtune("tune", "answerer", "--questions", synth_set, "--out", folder, *TRAINING, "--resume")
+        assert refused.code == 2 and "already exists and is not an empty folder" in refused.stderr
 
 
 @pytest.mark.parametrize(

@@ -30,12 +30,12 @@ log = logging.getLogger("ragtune.api")
 
 @dataclass(frozen=True)
 class ReloadResult:
-    reloaded: list[str]  # what changed: "embedder", "adapter"; empty when nothing did
+    reloaded: list[str]  # what was rebuilt: "embedder", "adapter"; empty when nothing changed
     serving: Serving
 
 
 class ReloadError(RuntimeError):
-    """The promoted configuration did not build; the service runs the previous one again."""
+    """The promoted models did not load; the message says what the service serves meanwhile."""
 
 
 class Reloader:
@@ -87,6 +87,7 @@ class Reloader:
 
     def _rebuild(self, services: Services | None) -> Serving:
         self._state.services = None  # requests answer 503 `starting` meanwhile
+        self._state.unavailable = None
         if services is not None:
             self._stop(services)
         try:

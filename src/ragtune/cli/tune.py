@@ -183,7 +183,7 @@ def answerer(
     except (TuneError, SynthError, ConfigError, DataError, BatchPlanError) as exc:
         raise UsageError(str(exc)) from None
     except TrainingInterrupted as exc:
-        typer.echo(f"interrupted: {exc}", err=True)
+        typer.echo(f"interrupted: {exc}; go on with the same command and --resume", err=True)
         raise typer.Exit(130) from None
     if promote:
         promote_run(report, out, margin, min_gain, as_json)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ragtune.config import Settings
+from ragtune.eval.index import describe
 from ragtune.eval.runner import evaluate_answers
 from ragtune.finetune.config import FinetuneConfig
 from ragtune.finetune.trainer import TrainResult, train
@@ -202,9 +203,10 @@ def tune_answerer(
             "train, and an openai server's model cannot be measured with a new adapter from here"
         )
     manifest = _check_set(questions)
-    if not resume:
-        if (out / BEFORE).is_file():
-            raise TuneError(f"--out {out} holds a stopped run: pass --resume to go on with it, or choose another --out")
+    stopped = (out / BEFORE).is_file() and not (out / "report.json").exists()
+    if stopped and not resume:
+        raise TuneError(f"--out {out} holds a stopped run: pass --resume to go on with it, or choose another --out")
+    if not stopped:  # a fresh run (--resume with nothing to go on with too): into an empty folder only
         check_output(out)
     config = finetune_config(settings, questions, out, finetune_options or {})
     holdout = questions / "holdout"
@@ -214,19 +216,20 @@ def tune_answerer(
     key = {
         "questions": str(questions.resolve()),
         "limit": limit,
-        "index": index,
+        "index": describe(settings) if index else "a scratch copy of the holdout corpus",
         "adapter": before_adapter,
-        # The generator, its decoding and retrieval as they answered.
-        "llm": settings.llm.model_dump(mode="json", exclude={"adapter"}),
+        # What answered: the generator and its decoding, the embedder, retrieval and the answer rules.
+        "llm": settings.llm.model_dump(mode="json", exclude={"adapter", "api_key", "base_url"}),
+        "embedding": settings.embedding.model_dump(mode="json", exclude={"api_key"}),
         "retrieval": settings.retrieval.model_dump(mode="json"),
+        "answer": settings.answer.model_dump(mode="json"),
     }
     before = _measured_before(out, key, lambda: _measure(holdout, settings, before_adapter, limit, index), resume)
     progress(f"fine-tuning on {questions / 'train' / FINETUNE_ROWS} into {out}")
     result = train(config, resume=resume)
     if result.interrupted:
         raise TrainingInterrupted(
-            f"fine-tuning stopped at step {result.steps} of {config.max_steps}: no adapter to measure yet; "
-            "go on with --resume"
+            f"fine-tuning stopped at step {result.steps} of {config.max_steps}: no adapter to measure yet"
         )
     adapter = str(Path(result.adapter_dir).resolve())
     progress(f"after: answering the same questions with {adapter}")
