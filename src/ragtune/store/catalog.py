@@ -230,6 +230,13 @@ class Catalog:
     def session(self) -> Session:
         return self._sessions()
 
+    def ensure_tables(self, *rows: type[TableBase]) -> None:
+        """Creates the tables of `rows` where missing (and their missing columns): for the stores
+        whose tables were registered after this catalog opened. One transaction, which takes
+        PostgreSQL's schema lock (`create_tables`)."""
+        with self.engine.begin() as connection:
+            create_tables(connection, [TableBase.metadata.tables[row.__tablename__] for row in rows])
+
     # --- reads -------------------------------------------------------------------------
     def get(self, doc_id: str) -> DocumentRecord | None:
         with self.session() as s:

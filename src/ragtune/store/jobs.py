@@ -44,7 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, create_tables, rows_changed, utc_now
+from ragtune.store.tables import TableBase, rows_changed, utc_now
 from ragtune.types import NO_LABELS, Labels, MetaValue
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
@@ -175,12 +175,7 @@ class JobQueue:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        # The Catalog creates the tables registered when it opened; these may come later.
-        tables = [
-            TableBase.metadata.tables[t.__tablename__] for t in (JobRow, JobFileRow, JobProgressRow, JobFileCrashRow)
-        ]
-        with catalog.engine.begin() as connection:
-            create_tables(connection, tables)
+        catalog.ensure_tables(JobRow, JobFileRow, JobProgressRow, JobFileCrashRow)
 
     # --- producer ------------------------------------------------------------------------
     def enqueue(self, files: list[NewFile], labels: Labels = NO_LABELS) -> Job:

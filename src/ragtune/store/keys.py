@@ -32,7 +32,7 @@ from sqlalchemy import JSON, DateTime, String, select, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.store.tables import TableBase, utc_now
 from ragtune.types import MetadataError, check_collection
 
 _PREFIX = "rt_"
@@ -97,8 +97,7 @@ class CreatedKey:
 class KeyStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
-            create_tables(connection, [TableBase.metadata.tables[ApiKeyRow.__tablename__]])
+        catalog.ensure_tables(ApiKeyRow)
 
     def create(self, name: str = "", role: str = ADMIN, collections: Iterable[str] = ()) -> CreatedKey:
         """A new key; ValueError for a name over 128 characters, an unknown role or an invalid collection."""

@@ -25,7 +25,7 @@ from sqlalchemy import JSON, DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.store.tables import TableBase, utc_now
 
 PROMOTION_KINDS = ("embedder", "answerer")
 
@@ -52,8 +52,7 @@ class Promotion:
 class Promotions:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
-            create_tables(connection, [TableBase.metadata.tables[PromotionRow.__tablename__]])
+        catalog.ensure_tables(PromotionRow)
 
     def record(self, collection: str, kind: str, path: str, report: dict[str, Any]) -> Promotion:
         if kind not in PROMOTION_KINDS:

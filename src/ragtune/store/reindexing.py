@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from ragtune.store.catalog import Catalog, CatalogError, DocumentRecord, DocumentRow, EmbedderRecord, EmbedderRow
-from ragtune.store.tables import TableBase, create_tables, rows_changed
+from ragtune.store.tables import TableBase, rows_changed
 
 
 class ReindexCopyRow(TableBase):
@@ -110,9 +110,7 @@ class Reindexing:
     def __init__(self, catalog: Catalog, collection: str) -> None:
         self.catalog, self.collection = catalog, collection
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        tables = [TableBase.metadata.tables[row.__tablename__] for row in (ReindexCopyRow, ReindexLeaseRow)]
-        with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
-            create_tables(connection, tables)
+        catalog.ensure_tables(ReindexCopyRow, ReindexLeaseRow)
 
     # --- one run at a time -------------------------------------------------------------------
     def claim(self, lease_seconds: float) -> None:

@@ -24,7 +24,7 @@ from sqlalchemy import JSON, DateTime, Integer, String, Text, select, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from ragtune.store.catalog import Catalog
-from ragtune.store.tables import TableBase, create_tables, utc_now
+from ragtune.store.tables import TableBase, utc_now
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 
@@ -63,8 +63,7 @@ class TuneJob:
 class TuneJobStore:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        with catalog.engine.begin() as connection:  # create_tables takes PostgreSQL's schema lock
-            create_tables(connection, [TableBase.metadata.tables[TuneJobRow.__tablename__]])
+        catalog.ensure_tables(TuneJobRow)
 
     def create(self, kind: str, params: dict[str, Any], stages: int) -> TuneJob:
         with self.catalog.session() as s, s.begin():
