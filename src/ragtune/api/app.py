@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import FastAPI
@@ -113,9 +113,10 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # What outlives a reload, which closes the services' catalog: the API keys and their rate
         # limits (the auth middleware answers even while a reload rebuilds the services) and the
-        # tuning jobs, on the app's own catalog handle.
-        app_catalog = open_catalog(settings)
-        try:
+        # tuning jobs, on the app's own catalog handle. Undone in reverse, on every way out.
+        async with AsyncExitStack() as undo:
+            app_catalog = open_catalog(settings)
+            undo.callback(app_catalog.close)
             service = settings.service
             authenticator = Authenticator(service.api_keys, KeyStore(app_catalog))
             app.state.authenticator = authenticator
@@ -124,26 +125,24 @@ def create_app(settings: Settings | None = None, embedder: Embedder | None = Non
             app.state.services = await anyio.to_thread.run_sync(
                 build_services, settings, metrics, authenticator, embedder
             )
-            try:
-                _start_worker(app.state.services)
-                # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
-                app.state.reloader = Reloader(
-                    app.state,
-                    settings,
-                    lambda wanted: build_services(wanted, metrics, authenticator),
-                    _start_worker,
-                    _shutdown,
-                )
-                app.state.tune_runner = TuneRunner(TuneJobStore(app_catalog), settings, app.state.reloader.reload)
-                try:
-                    yield
-                finally:
-                    app.state.tune_runner.join(_WORKER_STOP_SECONDS)
-            finally:
+
+            async def shut_down_the_services() -> None:
                 if app.state.services is not None:  # None after a reload that failed to build them
                     await anyio.to_thread.run_sync(_shutdown, app.state.services)
-        finally:
-            app_catalog.close()
+
+            undo.push_async_callback(shut_down_the_services)
+            _start_worker(app.state.services)
+            # A reload builds from scratch: a reused `embedder` is the configured one, not a promoted one.
+            app.state.reloader = Reloader(
+                app.state,
+                settings,
+                lambda wanted: build_services(wanted, metrics, authenticator),
+                _start_worker,
+                _shutdown,
+            )
+            app.state.tune_runner = TuneRunner(TuneJobStore(app_catalog), settings, app.state.reloader.reload)
+            undo.callback(app.state.tune_runner.join, _WORKER_STOP_SECONDS)
+            yield
 
     app = FastAPI(
         title="ragtune",

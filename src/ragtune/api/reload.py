@@ -101,7 +101,6 @@ class Reloader:
             )
             raise ReloadError(self._state.unavailable) from exc
         self._start(rebuilt)
-        self._state.unavailable = None
         self._state.services = rebuilt
         log.info("reloaded: embedder %s, adapter %r", rebuilt.serving.embedder, rebuilt.serving.adapter)
         return rebuilt.serving
