@@ -423,16 +423,11 @@ requires_tesseract = pytest.mark.skipif(
 QUESTION_WORDS = ["what", "which", "year", "how", "many", "number", "?"]
 
 
-def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
-    """A 2-layer BERT (hidden 32, random weights) with mean pooling and normalisation, its
-    word-level tokenizer made from `texts`, saved as a sentence-transformers model."""
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.base.modules import Transformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+def bert_word_tokenizer(words: Iterable[str]) -> Any:
+    """A lower-casing word-level BERT tokenizer ([CLS] A [SEP] B [SEP]) that knows `words`."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())} | set(QUESTION_WORDS))
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.normalizer = normalizers.Lowercase()
@@ -440,7 +435,7 @@ def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
     backend.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
     )
-    tokenizer = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="[UNK]",
         pad_token="[PAD]",
@@ -449,8 +444,20 @@ def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
         mask_token="[MASK]",
         model_max_length=128,
     )
+
+
+def tiny_sentence_model(directory: Path, texts: Iterable[str]) -> Path:
+    """A 2-layer BERT (hidden 32, random weights) with mean pooling and normalisation, its
+    word-level tokenizer made from `texts`, saved as a sentence-transformers model."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+    from transformers import BertConfig, BertModel
+
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]", text.lower())} | set(QUESTION_WORDS))
+    tokenizer = bert_word_tokenizer(words)
     config = BertConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,

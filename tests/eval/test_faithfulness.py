@@ -17,6 +17,7 @@ from ragtune.eval.faithfulness import (
     support_check,
 )
 from ragtune.types import Answer, Citation
+from tests.builders import bert_word_tokenizer
 
 MILVUS = "Milvus was created by Zilliz in 2019. The server listens on port 19530."
 KITCHEN = "The office kitchen opens at seven and closes at six."
@@ -68,21 +69,12 @@ def test_an_answer_counts_its_supported_sentences_and_skips_those_without_conten
 def _tiny_nli(directory: Path, entailment_bias: float) -> Path:
     """A one-layer BERT NLI classifier whose output is its bias alone: always entailment, or never."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
 
-    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "milvus", "zilliz"])}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
-    )
+    tokenizer = bert_word_tokenizer(["milvus", "zilliz"])
     labels = {0: "contradiction", 1: "entailment", 2: "neutral"}
     config = BertConfig(
-        vocab_size=len(vocab),
+        vocab_size=len(tokenizer),
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
